@@ -1,0 +1,429 @@
+//! Users, API keys and their PostgreSQL roles, and the provisioning that creates them.
+//!
+//! Tenancy follows CARTO: one database per user, one login role per API key. The master key's
+//! role owns the user's database and its `public` schema; the `default_public` key's role may
+//! only read what is granted to it. Metadata (users, SHA-256 hashes of keys, the roles'
+//! passwords) lives in the `carto_meta` database of the same cluster, so several server
+//! processes can share it.
+
+use anyhow::{bail, Context, Result};
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::db::{connect, quote_ident, quote_literal, RoleLogin};
+
+/// Name of the metadata database.
+pub const META_DB: &str = "carto_meta";
+/// Template every user database is created from (PostGIS and CARTO helpers installed once).
+pub const TEMPLATE_DB: &str = "carto_template";
+/// The token of every user's public key.
+pub const DEFAULT_PUBLIC: &str = "default_public";
+
+/// Advisory lock key serialising metadata set-up and provisioning across processes.
+const PROVISION_LOCK: i64 = 0x0063_6172_746f_7273; // "cartors"
+
+/// What kind of key a request carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyKind {
+    /// The user's master key: owner of the user's database.
+    Master,
+    /// A regular key with explicit grants.
+    Regular,
+    /// `default_public` or no key: the public role.
+    Default,
+}
+
+impl KeyKind {
+    fn parse(text: &str) -> Self {
+        match text {
+            "master" => KeyKind::Master,
+            "regular" => KeyKind::Regular,
+            _ => KeyKind::Default,
+        }
+    }
+}
+
+/// A user of the server.
+#[derive(Debug, Clone)]
+pub struct User {
+    /// Numeric id (the `Carto-User-Id` header).
+    pub id: i64,
+    /// User name.
+    pub username: String,
+    /// The user's database.
+    pub database: String,
+}
+
+/// An API key resolved to the role it runs as.
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    /// Kind of key.
+    pub kind: KeyKind,
+    /// Whether the key may use the SQL API at all.
+    pub grants_sql: bool,
+    /// How to connect as the key's role.
+    pub login: RoleLogin,
+}
+
+/// What `user add` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewUser {
+    /// User name.
+    pub username: String,
+    /// The master API key.
+    pub api_key: String,
+    /// Base URL of the user's API on this server.
+    pub base_url: String,
+}
+
+/// Access to users and keys, and provisioning.
+#[derive(Clone)]
+pub struct Accounts {
+    admin: tokio_postgres::Config,
+    meta: deadpool_postgres::Pool,
+}
+
+impl Accounts {
+    /// Connects with the superuser settings `admin`, creating the metadata database and the
+    /// user template on first use.
+    pub async fn open(admin: tokio_postgres::Config) -> Result<Self> {
+        bootstrap(&admin).await?;
+        let mut meta_config = admin.clone();
+        meta_config.dbname(META_DB);
+        let manager = deadpool_postgres::Manager::new(meta_config, tokio_postgres::NoTls);
+        let meta = deadpool_postgres::Pool::builder(manager)
+            .max_size(8)
+            .build()
+            .context("metadata pool")?;
+        Ok(Accounts { admin, meta })
+    }
+
+    /// The superuser settings (host, port, user, password; database `postgres`).
+    pub fn admin_config(&self) -> &tokio_postgres::Config {
+        &self.admin
+    }
+
+    /// Looks a user up by name.
+    pub async fn user(&self, username: &str) -> Result<Option<User>> {
+        let client = self.meta.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT id, username, database FROM users WHERE username = $1",
+                &[&username],
+            )
+            .await?;
+        Ok(row.map(|row| User {
+            id: row.get(0),
+            username: row.get(1),
+            database: row.get(2),
+        }))
+    }
+
+    /// Resolves `token` for `user`; `None` when the user has no such key.
+    pub async fn key(&self, user: &User, token: &str) -> Result<Option<ApiKey>> {
+        let client = self.meta.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT kind, grants_sql, db_role, db_password FROM api_keys \
+                 WHERE username = $1 AND token_sha256 = $2",
+                &[&user.username, &token_hash(token)],
+            )
+            .await?;
+        Ok(row.map(|row| ApiKey {
+            kind: KeyKind::parse(row.get(0)),
+            grants_sql: row.get(1),
+            login: RoleLogin {
+                database: user.database.clone(),
+                role: row.get(2),
+                password: row.get(3),
+            },
+        }))
+    }
+
+    /// Creates a user: two roles, a database from the template owned by the master role, and
+    /// the metadata rows. Fails clearly if the name is taken or invalid.
+    pub async fn create_user(&self, username: &str, api_key: Option<&str>) -> Result<String> {
+        validate_username(username)?;
+        let master_key = match api_key {
+            Some(key) if key.is_empty() || key == DEFAULT_PUBLIC => {
+                bail!("the API key must be a non-empty string other than '{DEFAULT_PUBLIC}'")
+            }
+            Some(key) => key.to_string(),
+            None => random_token(32),
+        };
+        let admin = connect(&self.admin).await?;
+        admin
+            .execute("SELECT pg_advisory_lock($1)", &[&PROVISION_LOCK])
+            .await?;
+        let result = self.provision(&admin, username, &master_key).await;
+        admin
+            .execute("SELECT pg_advisory_unlock($1)", &[&PROVISION_LOCK])
+            .await?;
+        result.map(|()| master_key)
+    }
+
+    async fn provision(
+        &self,
+        admin: &tokio_postgres::Client,
+        username: &str,
+        master_key: &str,
+    ) -> Result<()> {
+        if self.user(username).await?.is_some() {
+            bail!("user '{username}' already exists");
+        }
+        let database = format!("carto_user_{username}");
+        let master_role = format!("carto_{username}_master");
+        let public_role = format!("carto_{username}_public");
+        let master_password = random_token(32);
+        let public_password = random_token(32);
+
+        // Leftovers of an earlier, interrupted provisioning of the same name.
+        drop_user_objects(admin, &database, &[&master_role, &public_role]).await?;
+
+        let role_sql = |role: &str, password: &str| {
+            format!(
+                "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
+                 PASSWORD {}",
+                quote_ident(role),
+                quote_literal(password)
+            )
+        };
+        let steps = async {
+            admin
+                .batch_execute(&role_sql(&master_role, &master_password))
+                .await?;
+            admin
+                .batch_execute(&role_sql(&public_role, &public_password))
+                .await?;
+            admin
+                .batch_execute(&format!(
+                    "CREATE DATABASE {} OWNER {} TEMPLATE {}",
+                    quote_ident(&database),
+                    quote_ident(&master_role),
+                    quote_ident(TEMPLATE_DB),
+                ))
+                .await?;
+            admin
+                .batch_execute(&format!(
+                    "REVOKE ALL ON DATABASE {db} FROM PUBLIC; \
+                     GRANT CONNECT, TEMPORARY ON DATABASE {db} TO {public}",
+                    db = quote_ident(&database),
+                    public = quote_ident(&public_role),
+                ))
+                .await?;
+            let mut user_db = self.admin.clone();
+            user_db.dbname(&database);
+            let user_admin = connect(&user_db).await?;
+            user_admin
+                .batch_execute(&format!(
+                    "ALTER SCHEMA public OWNER TO {master}; \
+                     REVOKE ALL ON SCHEMA public FROM PUBLIC; \
+                     GRANT USAGE ON SCHEMA public TO {public}; \
+                     ALTER DATABASE {db} SET search_path = public, cartodb",
+                    db = quote_ident(&database),
+                    master = quote_ident(&master_role),
+                    public = quote_ident(&public_role),
+                ))
+                .await?;
+            let meta = self.meta.get().await?;
+            meta.execute(
+                "INSERT INTO users (username, database) VALUES ($1, $2)",
+                &[&username, &database],
+            )
+            .await?;
+            for (token, kind, role, password) in [
+                (master_key, "master", &master_role, &master_password),
+                (DEFAULT_PUBLIC, "default", &public_role, &public_password),
+            ] {
+                meta.execute(
+                    "INSERT INTO api_keys (username, token_sha256, kind, db_role, db_password) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                    &[&username, &token_hash(token), &kind, role, password],
+                )
+                .await?;
+            }
+            anyhow::Ok(())
+        };
+        if let Err(error) = steps.await {
+            let _ = drop_user_objects(admin, &database, &[&master_role, &public_role]).await;
+            if let Ok(meta) = self.meta.get().await {
+                let _ = meta
+                    .execute("DELETE FROM users WHERE username = $1", &[&username])
+                    .await;
+            }
+            return Err(error.context(format!("creating user '{username}'")));
+        }
+        Ok(())
+    }
+
+    /// Sets the user's database quota in bytes (0 = unlimited), read by COPY FROM as
+    /// `cartodb._CDB_UserQuotaInBytes()`.
+    pub async fn set_quota(&self, username: &str, bytes: u64) -> Result<()> {
+        let Some(user) = self.user(username).await? else {
+            bail!("user '{username}' does not exist");
+        };
+        let mut config = self.admin.clone();
+        config.dbname(&user.database);
+        let client = connect(&config).await?;
+        client
+            .batch_execute(&format!(
+                "CREATE OR REPLACE FUNCTION cartodb._CDB_UserQuotaInBytes() RETURNS int8 \
+                 LANGUAGE sql IMMUTABLE AS 'SELECT {bytes}::int8'"
+            ))
+            .await?;
+        Ok(())
+    }
+}
+
+/// Creates the metadata database and the template database on first use.
+async fn bootstrap(admin: &tokio_postgres::Config) -> Result<()> {
+    let client = connect(admin)
+        .await
+        .context("connecting to PostgreSQL as superuser")?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&PROVISION_LOCK])
+        .await?;
+    let result = async {
+        for db in [META_DB, TEMPLATE_DB] {
+            let exists = client
+                .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db])
+                .await?
+                .is_some();
+            if !exists {
+                client
+                    .batch_execute(&format!("CREATE DATABASE {}", quote_ident(db)))
+                    .await?;
+                let mut config = admin.clone();
+                config.dbname(db);
+                let setup = if db == META_DB {
+                    META_SCHEMA
+                } else {
+                    TEMPLATE_SCHEMA
+                };
+                connect(&config)
+                    .await?
+                    .batch_execute(setup)
+                    .await
+                    .with_context(|| format!("setting up database {db}"))?;
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&PROVISION_LOCK])
+        .await?;
+    result
+}
+
+async fn drop_user_objects(
+    admin: &tokio_postgres::Client,
+    database: &str,
+    roles: &[&str],
+) -> Result<()> {
+    admin
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(database)
+        ))
+        .await?;
+    for role in roles {
+        admin
+            .batch_execute(&format!("DROP ROLE IF EXISTS {}", quote_ident(role)))
+            .await?;
+    }
+    Ok(())
+}
+
+const META_SCHEMA: &str = r#"
+CREATE TABLE users (
+    id          bigserial PRIMARY KEY,
+    username    text NOT NULL UNIQUE,
+    database    text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE api_keys (
+    username     text NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+    token_sha256 text NOT NULL,
+    kind         text NOT NULL CHECK (kind IN ('master', 'regular', 'default')),
+    name         text,
+    db_role      text NOT NULL,
+    db_password  text NOT NULL,
+    grants_sql   boolean NOT NULL DEFAULT true,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (username, token_sha256)
+);
+"#;
+
+/// What every user database starts with: PostGIS, and the `cartodb` schema of CARTO helpers,
+/// owned by the superuser so users can call but not replace them.
+const TEMPLATE_SCHEMA: &str = r#"
+CREATE EXTENSION IF NOT EXISTS postgis;
+CREATE SCHEMA cartodb;
+GRANT USAGE ON SCHEMA cartodb TO PUBLIC;
+CREATE FUNCTION cartodb._CDB_UserQuotaInBytes() RETURNS int8
+    LANGUAGE sql IMMUTABLE AS 'SELECT 0::int8';
+CREATE FUNCTION cartodb.CDB_UserDataSize(schema_name text) RETURNS int8
+    LANGUAGE sql STABLE AS $$
+    SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::int8 / 2
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = schema_name AND c.relkind IN ('r', 'p', 'm')
+      AND c.relname NOT IN ('spatial_ref_sys', 'cdb_tablemetadata')
+$$;
+"#;
+
+/// SHA-256 of a token, hex-encoded. Tokens are random and long, so a fast hash is enough to
+/// keep them out of the metadata; a slow password hash would only slow every request.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn random_token(len: usize) -> String {
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect::<String>()
+        .to_lowercase()
+}
+
+/// User names become host labels and part of database and role names.
+fn validate_username(name: &str) -> Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= 40
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if !valid {
+        bail!(
+            "invalid user name '{name}': use 1 to 40 lowercase letters, digits, '-' or '_', \
+             starting with a letter or digit"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_names() {
+        for ok in ["alice", "a", "team-1", "x_y"] {
+            validate_username(ok).unwrap();
+        }
+        for bad in ["", "Alice", "-a", "a.b", "a b", "a\"b", &"a".repeat(41)] {
+            assert!(validate_username(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_hashed() {
+        assert_eq!(token_hash("1234").len(), 64);
+        assert_ne!(token_hash("1234"), token_hash("1235"));
+    }
+}

@@ -1,0 +1,181 @@
+//! The check every COPY statement passes before it reaches the database: copyfrom takes only
+//! `COPY ... FROM STDIN`, copyto only `COPY ... TO STDOUT`, one statement, no files, no programs.
+//! Roles are never superusers, so the database would refuse server files anyway; this check
+//! gives the client a clear 400 instead and keeps other statements off the COPY endpoints.
+
+use crate::error::ApiError;
+use crate::sql_text::{tokenize, Token};
+
+/// Which way a COPY goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// `COPY ... FROM STDIN` (the copyfrom endpoint).
+    FromStdin,
+    /// `COPY ... TO STDOUT` (the copyto endpoint).
+    ToStdout,
+}
+
+/// Checks `q` for the endpoint going `direction`, with the spec's messages for a missing
+/// statement and one that does not start with `COPY`.
+pub fn check(q: Option<&str>, direction: Direction) -> Result<(), ApiError> {
+    let sql = match q {
+        Some(sql) if !sql.is_empty() => sql,
+        _ => return Err(ApiError::bad_request("SQL is missing")),
+    };
+    let starts_with_copy = sql.len() > 4
+        && sql[..4].eq_ignore_ascii_case("copy")
+        && sql.as_bytes()[4].is_ascii_whitespace();
+    if !starts_with_copy {
+        return Err(ApiError::bad_request("SQL must start with COPY"));
+    }
+    check_shape(sql, direction).map_err(ApiError::bad_request)
+}
+
+fn check_shape(sql: &str, direction: Direction) -> Result<(), String> {
+    let (expected, keyword, stream) = match direction {
+        Direction::FromStdin => ("COPY ... FROM STDIN", "from", "stdin"),
+        Direction::ToStdout => ("COPY ... TO STDOUT", "to", "stdout"),
+    };
+    let only = || format!("This endpoint only accepts {expected}");
+    let tokens: Vec<Token> = tokenize(sql)?.into_iter().map(|(_, t)| t).collect();
+    let mut rest = &tokens[1..];
+
+    // The source or target: `( query )` (COPY TO only) or a qualified name with columns.
+    match rest.first() {
+        Some(Token::Punct('(')) => {
+            if direction == Direction::FromStdin {
+                return Err(only());
+            }
+            rest = skip_parenthesised(rest).ok_or("Unbalanced parentheses in COPY statement")?;
+        }
+        Some(Token::Word(_) | Token::QuotedIdent(_)) => {
+            rest = &rest[1..];
+            while let [Token::Punct('.'), Token::Word(_) | Token::QuotedIdent(_), tail @ ..] = rest
+            {
+                rest = tail;
+            }
+            if let Some(Token::Punct('(')) = rest.first() {
+                rest =
+                    skip_parenthesised(rest).ok_or("Unbalanced parentheses in COPY statement")?;
+            }
+        }
+        _ => return Err("COPY must name a table or a query".into()),
+    }
+
+    match rest.first() {
+        Some(t) if t.is_word(keyword) => rest = &rest[1..],
+        _ => return Err(only()),
+    }
+    match rest.first() {
+        Some(t) if t.is_word(stream) => rest = &rest[1..],
+        Some(Token::String(_)) => {
+            return Err(format!(
+                "COPY with a server-side file is not allowed: use {expected}"
+            ))
+        }
+        Some(t) if t.is_word("program") => {
+            return Err(format!("COPY with PROGRAM is not allowed: use {expected}"))
+        }
+        _ => return Err(only()),
+    }
+
+    // Options may follow; a second statement may not.
+    if let Some(pos) = rest.iter().position(|t| *t == Token::Semicolon) {
+        if rest[pos..].iter().any(|t| *t != Token::Semicolon) {
+            return Err("Only one statement is allowed".into());
+        }
+    }
+    Ok(())
+}
+
+/// Skips a balanced `( ... )` group at the start of `tokens`.
+fn skip_parenthesised<'t, 'a>(tokens: &'t [Token<'a>]) -> Option<&'t [Token<'a>]> {
+    let mut depth = 0usize;
+    for (i, token) in tokens.iter().enumerate() {
+        match token {
+            Token::Punct('(') => depth += 1,
+            Token::Punct(')') => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(&tokens[i + 1..]);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(sql: &str) -> Result<(), String> {
+        check(Some(sql), Direction::FromStdin).map_err(|e| e.message)
+    }
+
+    fn to(sql: &str) -> Result<(), String> {
+        check(Some(sql), Direction::ToStdout).map_err(|e| e.message)
+    }
+
+    #[test]
+    fn accepts_the_statements_clients_send() {
+        from("COPY t (the_geom,name,age) FROM STDIN WITH (FORMAT csv, HEADER true)").unwrap();
+        from("copy \"My Table\" from stdin").unwrap();
+        from("COPY public.t FROM STDIN WITH CSV HEADER DELIMITER ','").unwrap();
+        from("COPY t FROM STDIN (FORMAT binary);").unwrap();
+        from("COPY t FROM STDIN WITH (FORMAT csv) WHERE id > 1").unwrap();
+        to("COPY t TO STDOUT").unwrap();
+        to("COPY (SELECT ';' AS x, (1+2) FROM t) TO STDOUT WITH (FORMAT csv, HEADER)").unwrap();
+        to("COPY s.t (a, b) TO stdout (FORMAT binary)").unwrap();
+    }
+
+    #[test]
+    fn missing_or_not_copy() {
+        assert_eq!(
+            check(None, Direction::FromStdin).unwrap_err().message,
+            "SQL is missing"
+        );
+        assert_eq!(from("").unwrap_err(), "SQL is missing");
+        assert_eq!(from("SELECT 1").unwrap_err(), "SQL must start with COPY");
+        assert_eq!(
+            from(" COPY t FROM STDIN").unwrap_err(),
+            "SQL must start with COPY"
+        );
+        assert_eq!(
+            from("COPYt FROM STDIN").unwrap_err(),
+            "SQL must start with COPY"
+        );
+    }
+
+    #[test]
+    fn refuses_the_wrong_direction() {
+        assert!(from("COPY t TO STDOUT").is_err());
+        assert!(to("COPY t FROM STDIN").is_err());
+        assert!(from("COPY (SELECT 1) FROM STDIN").is_err());
+        assert!(to("COPY t TO STDIN").is_err());
+    }
+
+    #[test]
+    fn refuses_files_programs_and_extra_statements() {
+        assert!(from("COPY t FROM '/etc/passwd'")
+            .unwrap_err()
+            .contains("server-side file"));
+        assert!(from("COPY t FROM PROGRAM 'id'")
+            .unwrap_err()
+            .contains("PROGRAM"));
+        assert!(to("COPY t TO '/tmp/x'")
+            .unwrap_err()
+            .contains("server-side file"));
+        assert!(to("COPY t TO PROGRAM 'id'")
+            .unwrap_err()
+            .contains("PROGRAM"));
+        assert_eq!(
+            from("COPY t FROM STDIN; DROP TABLE t").unwrap_err(),
+            "Only one statement is allowed"
+        );
+        assert!(to("COPY (SELECT 1) TO STDOUT; SELECT pg_sleep(1)").is_err());
+        assert!(to("COPY (SELECT 1 TO STDOUT").is_err());
+        assert!(from("COPY t FROM STDIN WITH (FORMAT csv, DELIMITER ';')").is_ok());
+    }
+}

@@ -1,0 +1,169 @@
+//! The server's one error type and its rendering as the SQL API's `{"error": [...]}` JSON.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// The text of the timeout-limit body (spec §3).
+pub const TIMEOUT_MESSAGE: &str = "You are over platform's limits: SQL query timeout error. \
+     Refactor your query before running again or contact CARTO support for more details.";
+
+/// An error answered to a client: a status, the message shown in `error[0]`, and PostgreSQL's
+/// `detail`/`hint` or a limit's `context` when there are any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status of the answer.
+    pub status: StatusCode,
+    /// The message, `error[0]` in the body.
+    pub message: String,
+    /// `context` member (limit errors only).
+    pub context: Option<String>,
+    /// `detail` member (PostgreSQL's DETAIL, or the kind of limit).
+    pub detail: Option<String>,
+    /// `hint` member (PostgreSQL's HINT).
+    pub hint: Option<String>,
+}
+
+/// The JSON body of an error.
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: [&'a str; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint: Option<&'a str>,
+}
+
+impl ApiError {
+    /// An error with a status and a message, choosing 403 for permission errors as the spec does.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            context: None,
+            detail: None,
+            hint: None,
+        }
+    }
+
+    /// 400 with `message`, or 403 when the message says `permission denied`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        let message = message.into();
+        let status = if message.contains("permission denied") {
+            StatusCode::FORBIDDEN
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        ApiError::new(status, message)
+    }
+
+    /// 401 `Unauthorized`: the API key is unknown.
+    pub fn unauthorized() -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized")
+    }
+
+    /// 403 with a message.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, message)
+    }
+
+    /// 404 for an unknown user.
+    pub fn unknown_user(user: &str) -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "Sorry, we can't find CARTO user '{user}'. Please check that you have entered \
+                 the correct domain."
+            ),
+        )
+    }
+
+    /// 404 for an unknown route.
+    pub fn not_found() -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "Not found")
+    }
+
+    /// 429 with the timeout-limit body.
+    pub fn timeout() -> Self {
+        ApiError {
+            context: Some("limit".into()),
+            detail: Some("datasource".into()),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, TIMEOUT_MESSAGE)
+        }
+    }
+
+    /// 500 `Unexpected error`; the cause is logged, never shown to the client.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Unexpected error")
+    }
+
+    /// Maps a PostgreSQL error as the spec's status rules say: timeouts are 429, permission
+    /// errors 403, anything the database refused 400 with its DETAIL and HINT; a lost or failed
+    /// connection is a 500.
+    pub fn from_pg(error: &tokio_postgres::Error) -> Self {
+        let Some(db) = error.as_db_error() else {
+            return ApiError::internal(error);
+        };
+        if *db.code() == tokio_postgres::error::SqlState::QUERY_CANCELED {
+            return ApiError::timeout();
+        }
+        ApiError {
+            detail: db.detail().map(str::to_string),
+            hint: db.hint().map(str::to_string),
+            ..ApiError::bad_request(db.message())
+        }
+    }
+
+    /// The body as JSON text.
+    pub fn to_json(&self) -> String {
+        let body = ErrorBody {
+            error: [&self.message],
+            context: self.context.as_deref(),
+            detail: self.detail.as_deref(),
+            hint: self.hint.as_deref(),
+        };
+        serde_json::to_string(&body).unwrap_or_else(|_| r#"{"error":["Unexpected error"]}"#.into())
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status.as_u16(), self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl From<tokio_postgres::Error> for ApiError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        ApiError::from_pg(&error)
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for ApiError {
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        // Failing to connect as the key's role is the server's fault, never the client's.
+        ApiError::internal(error)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, self.to_json()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        headers.insert(
+            header::CONTENT_DISPOSITION,
+            HeaderValue::from_static("inline"),
+        );
+        // Handlers log what they know; the middleware adds the message to the request's line.
+        response.extensions_mut().insert(self);
+        response
+    }
+}

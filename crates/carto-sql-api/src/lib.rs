@@ -1,0 +1,102 @@
+//! A CARTO-compatible SQL API server on PostgreSQL + PostGIS.
+//!
+//! It answers CARTO's `/api/v2/sql/copyfrom` and `/api/v2/sql/copyto` streaming endpoints and
+//! the `/api/v2/sql` query endpoint for users addressed as `http://{user}.{host}/api/...` or
+//! `http://{host}/user/{user}/api/...`. Every statement runs on a connection authenticated as
+//! the API key's own, non-superuser PostgreSQL role.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use carto_sql_api::{embedded::{EmbeddedCluster, EmbeddedOptions}, Config, Server};
+//!
+//! let cluster = EmbeddedCluster::start(&EmbeddedOptions::new("./.carto-data")).await?;
+//! let server = Server::open(cluster.superuser_config(), Config::default()).await?;
+//! let key = server.accounts().create_user("alice", None).await?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, server.router()).await?;
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+pub mod accounts;
+pub mod auth;
+pub mod copy;
+pub mod db;
+pub mod embedded;
+pub mod error;
+pub mod query;
+mod routes;
+pub mod sql_text;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use crate::accounts::Accounts;
+use crate::db::Pools;
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Largest COPY FROM body accepted, in bytes received (compressed if gzip). Default 2 GiB.
+    pub max_post_size: u64,
+    /// How that limit is named in its error message. Default `2 GB`.
+    pub max_post_size_label: String,
+    /// `statement_timeout` for COPY statements, in PostgreSQL's syntax. Default `5h`.
+    pub copy_timeout: String,
+    /// Connections per (database, role) pool. Default 16.
+    pub pool_size: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_post_size: 2 * 1024 * 1024 * 1024,
+            max_post_size_label: "2 GB".into(),
+            copy_timeout: "5h".into(),
+            pool_size: 16,
+        }
+    }
+}
+
+/// What every handler shares: accounts, connection pools and settings. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    accounts: Accounts,
+    pools: Pools,
+    config: Arc<Config>,
+}
+
+/// A server bound to a PostgreSQL cluster, ready to hand out its router.
+#[derive(Clone)]
+pub struct Server {
+    state: AppState,
+}
+
+impl Server {
+    /// Opens the server on the cluster reached with the superuser settings `admin` (used for
+    /// metadata and provisioning only), creating its metadata on first use.
+    pub async fn open(admin: tokio_postgres::Config, config: Config) -> Result<Self> {
+        let accounts = Accounts::open(admin.clone()).await?;
+        let pools = Pools::new(&admin, config.pool_size);
+        Ok(Server {
+            state: AppState {
+                accounts,
+                pools,
+                config: Arc::new(config),
+            },
+        })
+    }
+
+    /// Users and keys.
+    pub fn accounts(&self) -> &Accounts {
+        &self.state.accounts
+    }
+
+    /// The HTTP application.
+    pub fn router(&self) -> axum::Router {
+        routes::router(self.state.clone())
+    }
+}

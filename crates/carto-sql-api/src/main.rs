@@ -1,0 +1,196 @@
+//! `carto-sql-api`: run the server, or manage its users.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::str::FromStr;
+
+use anyhow::{Context, Result};
+use carto_sql_api::embedded::{EmbeddedCluster, EmbeddedOptions};
+use carto_sql_api::{Config, Server};
+use clap::{Parser, Subcommand};
+
+/// A CARTO-compatible SQL API server (COPY FROM/TO and SQL) on PostgreSQL + PostGIS.
+///
+/// Without --database-url it runs its own private PostgreSQL cluster under --data-dir.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Where the embedded PostgreSQL cluster and its secrets live.
+    #[arg(
+        long,
+        global = true,
+        default_value = "./.carto-data",
+        env = "CARTO_DATA_DIR"
+    )]
+    data_dir: PathBuf,
+    /// Use this existing PostgreSQL instead of the embedded one (a superuser URL, used for
+    /// provisioning and metadata only), e.g. postgres://postgres:secret@localhost/postgres.
+    #[arg(long, global = true, env = "CARTO_DATABASE_URL")]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the SQL API over HTTP until SIGINT or SIGTERM.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Largest COPY FROM body, in bytes received.
+        #[arg(long, default_value_t = Config::default().max_post_size)]
+        max_post_size: u64,
+        /// statement_timeout of COPY statements (PostgreSQL syntax, e.g. 5h, 30min).
+        #[arg(long, default_value = "5h")]
+        copy_timeout: String,
+        /// Connections per (database, role) pool.
+        #[arg(long, default_value_t = Config::default().pool_size)]
+        pool_size: usize,
+        /// Base URL printed for users (default: from --listen).
+        #[arg(long)]
+        public_url: Option<String>,
+    },
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user (database, roles, PostGIS) and print its credentials as JSON.
+    Add {
+        /// User name: lowercase letters, digits, '-' or '_'.
+        name: String,
+        /// The master API key (default: a random one).
+        #[arg(long)]
+        api_key: Option<String>,
+        /// Database quota in bytes (0 = unlimited).
+        #[arg(long, default_value_t = 0)]
+        quota: u64,
+        /// Base URL of the server, for the printed `base_url`.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server_url: String,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tokio_postgres=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("carto-sql-api: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("carto-sql-api: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let mut cluster = None;
+    let admin = match &cli.database_url {
+        Some(url) => tokio_postgres::Config::from_str(url).context("parsing --database-url")?,
+        None => {
+            let started = EmbeddedCluster::start(&EmbeddedOptions::new(&cli.data_dir))
+                .await
+                .context("starting the embedded PostgreSQL cluster")?;
+            let config = started.superuser_config();
+            cluster = Some(started);
+            config
+        }
+    };
+    let result = run_command(cli.command, admin).await;
+    if let Some(mut cluster) = cluster {
+        if let Err(error) = cluster.stop().await {
+            tracing::warn!(%error, "stopping the embedded cluster");
+        }
+    }
+    result
+}
+
+async fn run_command(command: Command, admin: tokio_postgres::Config) -> Result<()> {
+    match command {
+        Command::Serve {
+            listen,
+            max_post_size,
+            copy_timeout,
+            pool_size,
+            public_url,
+        } => {
+            let config = Config {
+                max_post_size,
+                max_post_size_label: if max_post_size == Config::default().max_post_size {
+                    "2 GB".into()
+                } else {
+                    format!("{max_post_size} bytes")
+                },
+                copy_timeout,
+                pool_size,
+            };
+            let server = Server::open(admin, config).await?;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("listening on {listen}"))?;
+            let url = public_url.unwrap_or_else(|| format!("http://{listen}"));
+            tracing::info!(%url, "carto-sql-api listening");
+            axum::serve(listener, server.router())
+                .with_graceful_shutdown(shutdown_signal())
+                .await?;
+            tracing::info!("shutting down");
+            Ok(())
+        }
+        Command::User {
+            command:
+                UserCommand::Add {
+                    name,
+                    api_key,
+                    quota,
+                    server_url,
+                },
+        } => {
+            let server = Server::open(admin, Config::default()).await?;
+            let key = server
+                .accounts()
+                .create_user(&name, api_key.as_deref())
+                .await?;
+            if quota > 0 {
+                server.accounts().set_quota(&name, quota).await?;
+            }
+            let new_user = carto_sql_api::accounts::NewUser {
+                base_url: format!("{}/user/{name}", server_url.trim_end_matches('/')),
+                username: name,
+                api_key: key,
+            };
+            println!("{}", serde_json::to_string(&new_user)?);
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

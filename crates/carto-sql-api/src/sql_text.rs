@@ -1,0 +1,226 @@
+//! A small SQL tokenizer: just enough of PostgreSQL's lexical rules (quoted identifiers, string
+//! constants in all their forms, dollar quoting, nested comments) to recognize statement
+//! boundaries and the shape of a COPY statement without being fooled by quoted text.
+//!
+//! Written by hand because general SQL parsers reject valid PostgreSQL COPY options (old-style
+//! `WITH CSV HEADER`, `FORCE_NOT_NULL`, ...) and the server only needs tokens, not a grammar.
+
+/// One lexical token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Token<'a> {
+    /// An unquoted word: keyword or identifier, as written.
+    Word(&'a str),
+    /// A double-quoted identifier (quotes included).
+    QuotedIdent(&'a str),
+    /// A string constant in any form (`'..'`, `E'..'`, `$tag$..$tag$`), quotes included.
+    String(&'a str),
+    /// A number.
+    Number(&'a str),
+    /// `;`
+    Semicolon,
+    /// Any other punctuation character.
+    Punct(char),
+}
+
+impl Token<'_> {
+    /// True when the token is the unquoted word `word` (case-insensitive).
+    pub fn is_word(&self, word: &str) -> bool {
+        matches!(self, Token::Word(w) if w.eq_ignore_ascii_case(word))
+    }
+}
+
+/// A token and the byte offset where it starts.
+pub type Located<'a> = (usize, Token<'a>);
+
+/// Splits `sql` into tokens, skipping white space and comments. An unterminated quote or
+/// comment is an error, since the database would read the rest of the text differently.
+pub fn tokenize(sql: &str) -> Result<Vec<Located<'_>>, String> {
+    let bytes = sql.as_bytes();
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        let start = i;
+        match c {
+            b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => i += 1,
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                let mut depth = 0usize;
+                loop {
+                    if i + 1 >= bytes.len() {
+                        return Err("unterminated /* comment".into());
+                    }
+                    if bytes[i] == b'/' && bytes[i + 1] == b'*' {
+                        depth += 1;
+                        i += 2;
+                    } else if bytes[i] == b'*' && bytes[i + 1] == b'/' {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            b'\'' => {
+                i = end_of_string(bytes, i + 1, false)?;
+                tokens.push((start, Token::String(&sql[start..i])));
+            }
+            b'e' | b'E' if bytes.get(i + 1) == Some(&b'\'') => {
+                i = end_of_string(bytes, i + 2, true)?;
+                tokens.push((start, Token::String(&sql[start..i])));
+            }
+            b'"' => {
+                i += 1;
+                loop {
+                    match bytes.get(i) {
+                        None => return Err("unterminated quoted identifier".into()),
+                        Some(b'"') if bytes.get(i + 1) == Some(&b'"') => i += 2,
+                        Some(b'"') => {
+                            i += 1;
+                            break;
+                        }
+                        Some(_) => i += 1,
+                    }
+                }
+                tokens.push((start, Token::QuotedIdent(&sql[start..i])));
+            }
+            b'$' if dollar_tag_len(&bytes[i..]).is_some() => {
+                let tag_len = dollar_tag_len(&bytes[i..]).unwrap_or(0);
+                let tag = &sql[i..i + tag_len];
+                let body_start = i + tag_len;
+                let end = sql[body_start..]
+                    .find(tag)
+                    .ok_or_else(|| "unterminated dollar-quoted string".to_string())?;
+                i = body_start + end + tag_len;
+                tokens.push((start, Token::String(&sql[start..i])));
+            }
+            b'0'..=b'9' => {
+                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'.') {
+                    i += 1;
+                }
+                tokens.push((start, Token::Number(&sql[start..i])));
+            }
+            b';' => {
+                i += 1;
+                tokens.push((start, Token::Semicolon));
+            }
+            _ if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
+                while i < bytes.len()
+                    && (bytes[i].is_ascii_alphanumeric()
+                        || bytes[i] == b'_'
+                        || bytes[i] == b'$'
+                        || bytes[i] >= 0x80)
+                {
+                    i += 1;
+                }
+                tokens.push((start, Token::Word(&sql[start..i])));
+            }
+            _ => {
+                let ch = sql[i..].chars().next().unwrap_or('?');
+                i += ch.len_utf8();
+                tokens.push((start, Token::Punct(ch)));
+            }
+        }
+    }
+    Ok(tokens)
+}
+
+/// Splits `sql` into its statements (text between top-level semicolons), dropping empty ones.
+pub fn split_statements(sql: &str) -> Result<Vec<&str>, String> {
+    let tokens = tokenize(sql)?;
+    let mut statements = Vec::new();
+    let mut start = 0;
+    for (offset, token) in &tokens {
+        if *token == Token::Semicolon {
+            statements.push(sql[start..*offset].trim());
+            start = offset + 1;
+        }
+    }
+    statements.push(sql[start..].trim());
+    statements.retain(|s| !s.is_empty() && tokenize(s).map(|t| !t.is_empty()).unwrap_or(true));
+    Ok(statements)
+}
+
+/// Index just past the closing quote of a string constant whose body starts at `i`.
+fn end_of_string(bytes: &[u8], mut i: usize, backslash_escapes: bool) -> Result<usize, String> {
+    loop {
+        match bytes.get(i) {
+            None => return Err("unterminated quoted string".into()),
+            Some(b'\\') if backslash_escapes => i += 2,
+            Some(b'\'') if bytes.get(i + 1) == Some(&b'\'') => i += 2,
+            Some(b'\'') => return Ok(i + 1),
+            Some(_) => i += 1,
+        }
+    }
+}
+
+/// Length of a dollar-quote tag (`$$` or `$name$`) at the start of `bytes`.
+fn dollar_tag_len(bytes: &[u8]) -> Option<usize> {
+    let mut i = 1;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'$' => return Some(i + 1),
+            b'a'..=b'z' | b'A'..=b'Z' | b'_' | 0x80.. => i += 1,
+            b'0'..=b'9' if i > 1 => i += 1,
+            _ => return None,
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_and_comments_hide_semicolons() {
+        let sql = "SELECT 'a;b', \"x;y\", $$c;d$$, $t$e;$t$ -- f;\n /* g; /* h; */ */ FROM t";
+        assert_eq!(split_statements(sql).unwrap(), vec![sql]);
+    }
+
+    #[test]
+    fn splits_top_level_statements() {
+        assert_eq!(
+            split_statements("SELECT 1; SELECT E'\\';'; ;").unwrap(),
+            vec!["SELECT 1", "SELECT E'\\';'"]
+        );
+    }
+
+    #[test]
+    fn unterminated_text_is_an_error() {
+        assert!(tokenize("SELECT 'abc").is_err());
+        assert!(tokenize("SELECT \"abc").is_err());
+        assert!(tokenize("SELECT $$abc").is_err());
+        assert!(tokenize("SELECT /* abc").is_err());
+    }
+
+    #[test]
+    fn words_and_punctuation() {
+        let tokens: Vec<Token> = tokenize("COPY s.\"T\"(a) FROM stdin")
+            .unwrap()
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        assert_eq!(
+            tokens,
+            vec![
+                Token::Word("COPY"),
+                Token::Word("s"),
+                Token::Punct('.'),
+                Token::QuotedIdent("\"T\""),
+                Token::Punct('('),
+                Token::Word("a"),
+                Token::Punct(')'),
+                Token::Word("FROM"),
+                Token::Word("stdin"),
+            ]
+        );
+    }
+}

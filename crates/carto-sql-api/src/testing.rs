@@ -1,0 +1,134 @@
+//! Test helpers: one throwaway embedded cluster per test process, and in-process servers on
+//! random ports bound to it. Used by this crate's tests and by the SDK's and CLI's.
+//!
+//! The cluster is started once (the first test to ask starts it), with `fsync` off, in a fresh
+//! directory under the system's temp dir; a watchdog stops it and removes its files once the
+//! test process has exited, since test harnesses have no global teardown.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use crate::embedded::{EmbeddedCluster, EmbeddedOptions};
+use crate::{Config, Server};
+
+static CLUSTER: OnceLock<Result<tokio_postgres::Config, String>> = OnceLock::new();
+static NEXT_USER: AtomicUsize = AtomicUsize::new(0);
+
+/// The superuser settings of this process's test cluster, starting it on first use.
+///
+/// # Panics
+/// If the cluster cannot be started: tests cannot run without it.
+pub fn cluster() -> tokio_postgres::Config {
+    CLUSTER
+        .get_or_init(|| {
+            // Started on a runtime of its own: the caller may be inside any test's runtime.
+            std::thread::spawn(start_cluster)
+                .join()
+                .unwrap_or_else(|_| Err("cluster start panicked".into()))
+        })
+        .clone()
+        .unwrap_or_else(|error| panic!("test cluster: {error}"))
+}
+
+fn start_cluster() -> Result<tokio_postgres::Config, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let dir = std::env::temp_dir().join(format!("carto-rs-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut options = EmbeddedOptions::new(&dir);
+        options.unsafe_fast = true;
+        let mut cluster = EmbeddedCluster::start(&options)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        cluster
+            .stop_after_exit_of(std::process::id(), &[dir.as_path()])
+            .map_err(|e| format!("{e:#}"))?;
+        Ok(cluster.superuser_config())
+    })
+}
+
+/// A server running in this process on `127.0.0.1`, on a port of its own.
+pub struct TestServer {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    server: Server,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A user created for one test.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    /// User name.
+    pub name: String,
+    /// Master API key.
+    pub api_key: String,
+}
+
+impl TestServer {
+    /// Starts a server with the default settings.
+    pub async fn start() -> Self {
+        Self::with_config(Config::default()).await
+    }
+
+    /// Starts a server with `config`.
+    pub async fn with_config(config: Config) -> Self {
+        let server = Server::open(cluster(), config)
+            .await
+            .expect("opening the test server");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding a port");
+        let addr = listener.local_addr().expect("local address");
+        let router = server.router();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        TestServer { addr, server, task }
+    }
+
+    /// The server's users and keys.
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
+    /// Creates a user with a fresh name and a random master key.
+    pub async fn create_user(&self) -> TestUser {
+        let name = format!("u{}", NEXT_USER.fetch_add(1, Ordering::SeqCst));
+        let api_key = self
+            .server
+            .accounts()
+            .create_user(&name, None)
+            .await
+            .expect("creating a test user");
+        TestUser { name, api_key }
+    }
+
+    /// `http://127.0.0.1:PORT/user/{user}/api/v2` (path style).
+    pub fn api_url(&self, user: &TestUser) -> String {
+        format!("http://{}/user/{}/api/v2", self.addr, user.name)
+    }
+
+    /// `http://127.0.0.1:PORT/user/{user}/` (a base URL as the SDK takes it).
+    pub fn base_url(&self, user: &TestUser) -> String {
+        format!("http://{}/user/{}/", self.addr, user.name)
+    }
+
+    /// A superuser connection to `user`'s database, to check what the API did.
+    pub async fn superuser_client(&self, user: &TestUser) -> tokio_postgres::Client {
+        let mut config = cluster();
+        config.dbname(format!("carto_user_{}", user.name));
+        crate::db::connect(&config)
+            .await
+            .expect("superuser connection")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,96 @@
+//! The `carto-sql-api` binary on its embedded default: `user add`, `serve`, `user add` while
+//! serving, and shutdown on SIGTERM stopping the cluster.
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use carto_sql_api::embedded::{EmbeddedCluster, EmbeddedOptions};
+
+fn carto_sql_api(data_dir: &std::path::Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_carto-sql-api"));
+    command.arg("--data-dir").arg(data_dir).args(args);
+    command
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn user_add_serve_and_shutdown_on_the_embedded_default() {
+    // A data dir of its own: this test starts its own cluster, as a user would.
+    let dir = tempfile::Builder::new()
+        .prefix("carto-cli-test")
+        .tempdir()
+        .unwrap();
+    let files = EmbeddedCluster::files_dir(&EmbeddedOptions::new(dir.path())).unwrap();
+
+    let out = carto_sql_api(dir.path(), &["user", "add", "alice", "--api-key", "secret"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["username"], "alice");
+    assert_eq!(printed["api_key"], "secret");
+    assert!(printed["base_url"]
+        .as_str()
+        .unwrap()
+        .ends_with("/user/alice"));
+
+    let again = carto_sql_api(dir.path(), &["user", "add", "alice"])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("user 'alice' already exists"),
+        "{}",
+        stderr(&again)
+    );
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut serve = carto_sql_api(dir.path(), &["serve", "--listen", &listen])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://{listen}/user/alice/api/v2/sql?api_key=secret&q=SELECT%201%20AS%20x");
+    let mut answer = None;
+    for _ in 0..150 {
+        if let Ok(response) = reqwest::get(&url).await {
+            answer = Some(response.text().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answer = answer.expect("the server answers");
+    assert!(answer.contains("\"rows\":[{\"x\":1}]"), "{answer}");
+
+    let while_serving = carto_sql_api(dir.path(), &["user", "add", "bob"])
+        .output()
+        .unwrap();
+    assert!(while_serving.status.success(), "{}", stderr(&while_serving));
+    let bob: serde_json::Value = serde_json::from_slice(&while_serving.stdout).unwrap();
+    let url = format!(
+        "http://{listen}/user/bob/api/v2/sql?api_key={}&q=SELECT%202%20AS%20y",
+        bob["api_key"].as_str().unwrap()
+    );
+    let answer = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    assert!(answer.contains("\"rows\":[{\"y\":2}]"), "{answer}");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(serve.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(serve.wait().unwrap().success());
+    assert!(
+        !files.join("data/postmaster.pid").exists(),
+        "the cluster is still running after the server stopped"
+    );
+    let _ = std::fs::remove_dir_all(&files);
+}

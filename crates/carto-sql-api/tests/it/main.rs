@@ -1,0 +1,8 @@
+//! Integration tests: a real embedded PostgreSQL cluster and the server on real HTTP.
+
+mod accounts;
+mod cli;
+mod copy_from;
+mod copy_to;
+mod sql;
+mod support;
