@@ -17,3 +17,5 @@ if [ -f scripts/python-tests.sh ]; then
     echo "== python tests (carto-python against the server)"
     bash scripts/python-tests.sh
 fi
+echo "== benchmark harness, quick correctness run (every contender must move the same rows)"
+BENCH_PROFILE=debug bash bench/run.sh --rows 20000 --rounds 1 --out "$(mktemp -d)" --no-chart
