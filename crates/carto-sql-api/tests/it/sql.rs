@@ -825,3 +825,27 @@ async fn a_client_leaving_before_the_first_row_cancels_the_query() {
     assert!(result.is_err(), "answered before the sleep ended");
     assert!(support::backends_gone(&server, &user, "SELECT pg_sleep(60)").await);
 }
+
+#[tokio::test]
+async fn csv_cannot_carry_a_late_error_so_the_response_is_cut_short() {
+    let server = TestServer::start().await;
+    let user = user_with_public_table(&server).await;
+    let sent = http()
+        .get(format!("{}/sql", server.api_url(&user)))
+        .query(&[
+            (
+                "q",
+                "SELECT cartodb_id, 100/(cartodb_id-3) r FROM untitle_table_4",
+            ),
+            ("format", "csv"),
+        ])
+        .send()
+        .await;
+    // A complete-looking CSV would hide the failure; the transfer fails instead (while the
+    // body arrives, or already at the head when it was not sent before the failure).
+    let outcome = match sent {
+        Err(error) => Err(error),
+        Ok(response) => response.text().await,
+    };
+    assert!(outcome.is_err(), "{outcome:?}");
+}
