@@ -22,7 +22,7 @@ use tokio_postgres::SimpleQueryMessage;
 use super::format::{Column, Encoder, Summary};
 use super::guard;
 use super::values::{field, ValueKind};
-use crate::db::{discard, quote_literal};
+use crate::db::{discard, quote_literal, Notices};
 use crate::error::ApiError;
 
 /// Output is sent on once this many bytes are buffered (or sooner, when PostgreSQL pauses).
@@ -66,13 +66,15 @@ pub type Item = Result<Bytes, ApiError>;
 
 /// Starts `plan` on `client`, encoding with `encoder`. Waits until the status is known: an
 /// error before any row is returned as such; otherwise the stream yields the whole document.
+/// `notices`, if given, collects the server messages the statements raise.
 pub async fn start(
     client: Object,
     plan: Plan,
     encoder: Box<dyn Encoder>,
+    notices: Option<Notices>,
 ) -> Result<impl Stream<Item = Item> + Send + 'static, ApiError> {
     let (tx, mut rx) = mpsc::channel(CHANNEL);
-    tokio::spawn(run(client, plan, encoder, tx));
+    tokio::spawn(run(client, plan, encoder, notices, tx));
     match rx.recv().await {
         None => Err(ApiError::internal("query task ended without an answer")),
         Some(Err(error)) => Err(error),
@@ -126,7 +128,13 @@ struct Progress {
     total_rows: u64,
 }
 
-async fn run(client: Object, plan: Plan, mut encoder: Box<dyn Encoder>, tx: mpsc::Sender<Item>) {
+async fn run(
+    client: Object,
+    plan: Plan,
+    mut encoder: Box<dyn Encoder>,
+    mut notices: Option<Notices>,
+    tx: mpsc::Sender<Item>,
+) {
     let started = Instant::now();
     let closed = tx.clone();
     let mut out = Output {
@@ -142,6 +150,9 @@ async fn run(client: Object, plan: Plan, mut encoder: Box<dyn Encoder>, tx: mpsc
         result = execute(&client, &plan, encoder.as_mut(), &mut out, &mut progress) => result,
     };
     drop(closed);
+    // Every message of the statements arrived before their results ended.
+    let notices = notices.as_mut().map(Notices::drain).unwrap_or_default();
+    let notices = notices.as_slice();
     match outcome {
         Ok(()) => {
             // Hand the connection back before the last bytes, which may wait on a slow client.
@@ -154,6 +165,7 @@ async fn run(client: Object, plan: Plan, mut encoder: Box<dyn Encoder>, tx: mpsc
                 time: started.elapsed().as_secs_f64(),
                 total_rows: progress.total_rows,
                 fields: &progress.fields,
+                notices,
             };
             encoder.tail(&summary, None, &mut out.buf);
             out.streaming = true;
@@ -175,6 +187,7 @@ async fn run(client: Object, plan: Plan, mut encoder: Box<dyn Encoder>, tx: mpsc
                 time: started.elapsed().as_secs_f64(),
                 total_rows: progress.total_rows,
                 fields: &progress.fields,
+                notices,
             };
             let mut tail = Vec::new();
             if encoder.tail(&summary, Some(&error.message), &mut tail) {

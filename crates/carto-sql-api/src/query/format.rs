@@ -5,7 +5,10 @@
 //! then rows one at a time, then a summary to close the document with. The rows go straight into
 //! the output buffer that the executor sends on in chunks.
 
+use std::collections::BTreeMap;
+
 use serde_json::{Map, Value};
+use tokio_postgres::error::DbError;
 use tokio_postgres::SimpleQueryRow;
 
 use super::values::{write_string, write_value, ValueKind};
@@ -49,6 +52,8 @@ pub struct Summary<'a> {
     pub total_rows: u64,
     /// Columns of the last result set.
     pub fields: &'a [Column],
+    /// Server messages (NOTICE, WARNING, ...) the statements raised.
+    pub notices: &'a [DbError],
 }
 
 /// Writes one output format.
@@ -83,6 +88,27 @@ fn write_error_member(error: Option<&str>, out: &mut Vec<u8>) {
         out.extend_from_slice(b",\"error\":[");
         write_string(message, out);
         out.push(b']');
+    }
+}
+
+/// Server messages grouped by severity, lower-cased plus `s`: `"notices":[..],"warnings":[..]`.
+fn write_notices(notices: &[DbError], out: &mut Vec<u8>) {
+    let mut groups: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for notice in notices {
+        let severity = notice
+            .parsed_severity()
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| notice.severity().to_string());
+        groups
+            .entry(format!("{}s", severity.to_lowercase()))
+            .or_default()
+            .push(notice.message());
+    }
+    for (group, messages) in groups {
+        out.push(b',');
+        write_string(&group, out);
+        out.push(b':');
+        out.extend_from_slice(Value::from(messages).to_string().as_bytes());
     }
 }
 
@@ -155,6 +181,7 @@ impl Encoder for Json {
         out.extend_from_slice(b",\"total_rows\":");
         out.extend_from_slice(summary.total_rows.to_string().as_bytes());
         write_error_member(error, out);
+        write_notices(summary.notices, out);
         out.push(b'}');
         close_callback(&self.callback, out);
         true

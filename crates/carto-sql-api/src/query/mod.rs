@@ -102,6 +102,9 @@ pub struct Options {
     pub persist: bool,
 }
 
+/// Server messages kept per request: a loop raising notices must not fill the server's memory.
+const MAX_NOTICES: usize = 1000;
+
 /// Largest `dp` accepted; PostGIS prints at most 15 significant decimals anyway.
 const MAX_DP: u32 = 20;
 
@@ -283,7 +286,12 @@ pub async fn answer(
         Format::Csv => Box::new(format::Csv::new()),
     };
     let client = pools.get(&caller.key.login).await?;
-    let stream = exec::start(client, plan, encoder).await?;
+    // Only the JSON document reports server messages.
+    let notices = match options.format {
+        Format::Json => Some(pools.notices(&client, MAX_NOTICES).await?),
+        _ => None,
+    };
+    let stream = exec::start(client, plan, encoder, notices).await?;
     let mut response = Response::new(Body::from_stream(stream));
     let headers = response.headers_mut();
     headers.insert(

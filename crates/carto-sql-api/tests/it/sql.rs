@@ -849,3 +849,56 @@ async fn csv_cannot_carry_a_late_error_so_the_response_is_cut_short() {
     };
     assert!(outcome.is_err(), "{outcome:?}");
 }
+
+#[tokio::test]
+async fn server_messages_are_grouped_by_severity() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    let body = sql(
+        &server,
+        &user,
+        "DO $$ BEGIN RAISE NOTICE 'hello'; RAISE WARNING 'careful'; RAISE NOTICE 'again'; END $$; \
+         SELECT 1 AS a",
+    )
+    .await;
+    assert_eq!(body["notices"], json!(["hello", "again"]));
+    assert_eq!(body["warnings"], json!(["careful"]));
+    let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys,
+        [
+            "rows",
+            "time",
+            "fields",
+            "total_rows",
+            "notices",
+            "warnings"
+        ]
+    );
+    // Messages belong to their request only: the connection's next user sees none.
+    let body = sql(&server, &user, "SELECT 2 AS b").await;
+    assert!(body.get("notices").is_none(), "{body}");
+    // After a late error, the error comes first.
+    let (status, body) = json_of(
+        get_sql(
+            &server,
+            &user,
+            &[
+                (
+                    "q",
+                    "DO $$ BEGIN RAISE NOTICE 'n'; END $$; \
+                     SELECT 100 / (3 - i) AS r FROM generate_series(1, 5) i",
+                ),
+                ("api_key", &user.api_key),
+            ],
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
+    assert_eq!(
+        keys,
+        ["rows", "time", "fields", "total_rows", "error", "notices"]
+    );
+}
