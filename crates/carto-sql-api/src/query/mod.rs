@@ -192,7 +192,8 @@ impl Options {
         }
         let mut last = last.to_string();
         if (self.page.is_some() || self.order_by.is_some()) && is_plain_select(&last) {
-            let mut wrapped = format!("SELECT * FROM ({last}) AS cdbq_1");
+            // The newline ends a trailing `-- comment` before the wrapper's own text.
+            let mut wrapped = format!("SELECT * FROM ({last}\n) AS cdbq_1");
             if let Some(column) = &self.order_by {
                 wrapped.push_str(&format!(" ORDER BY {}", quote_ident(column)));
                 if let Some(order) = self.sort_order {
@@ -209,7 +210,7 @@ impl Options {
         if self.format == Format::GeoJson {
             // The geometry comes last, so the encoder finds it whatever the other columns are.
             last = format!(
-                "SELECT *, ST_AsGeoJSON(the_geom, {}) AS the_geom_geojson FROM ({last}) AS cdbq_geojson",
+                "SELECT *, ST_AsGeoJSON(the_geom, {}) AS the_geom_geojson FROM ({last}\n) AS cdbq_geojson",
                 self.dp
             );
         }

@@ -657,7 +657,10 @@ async fn paging_ordering_and_skipfields() {
         &server,
         &user,
         &[
-            ("q", "SELECT cartodb_id, name FROM untitle_table_4"),
+            (
+                "q",
+                "SELECT cartodb_id, name FROM untitle_table_4 -- a trailing comment",
+            ),
             ("rows_per_page", "2"),
             ("page", "1"),
             ("order_by", "cartodb_id"),
