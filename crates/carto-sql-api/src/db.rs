@@ -112,6 +112,15 @@ impl Pools {
         Ok(Notices { rx, slot })
     }
 
+    /// The database host for the `X-Served-By-DB-Host` header: the TCP host name, or
+    /// `localhost` for a Unix socket.
+    pub fn host_label(&self) -> String {
+        match self.base.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            _ => "localhost".into(),
+        }
+    }
+
     /// Forgets the pool of a (database, role), e.g. after the role's password changed.
     pub fn forget(&self, database: &str, role: &str) {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());

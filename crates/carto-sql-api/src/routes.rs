@@ -69,6 +69,7 @@ async fn common_headers_and_log(mut request: Request, next: Next) -> Response {
     let path = request.uri().path().to_string();
     let identified = Identified::default();
     request.extensions_mut().insert(identified.clone());
+    let client = crate::auth::query_param(request.uri().query().unwrap_or(""), "client");
     let mut response = if method == Method::OPTIONS {
         StatusCode::OK.into_response()
     } else {
@@ -93,6 +94,9 @@ async fn common_headers_and_log(mut request: Request, next: Next) -> Response {
     }
     if let Ok(host) = HeaderValue::from_str(&hostname()) {
         headers.insert("x-served-by-host", host);
+    }
+    if let Some(Ok(client)) = client.as_deref().map(HeaderValue::from_str) {
+        headers.insert("carto-client", client);
     }
     let rows = response.extensions().get::<Rows>().map(|r| r.0);
     let error = response

@@ -305,6 +305,9 @@ pub async fn answer(
     if let Ok(value) = HeaderValue::from_str(&options.cache_control()) {
         headers.insert(header::CACHE_CONTROL, value);
     }
+    if let Ok(value) = HeaderValue::from_str(&pools.host_label()) {
+        headers.insert("x-served-by-db-host", value);
+    }
     if let Ok(value) =
         HeaderValue::from_str(&Utc::now().format("%a, %d %b %Y %H:%M:%S GMT").to_string())
     {
