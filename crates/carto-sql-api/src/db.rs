@@ -107,9 +107,9 @@ impl Pools {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let slot = self.notices.slot(pid);
         if let Some(slot) = &slot {
-            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
         }
-        Ok(Notices { rx, slot })
+        Ok(Notices { rx, tx, slot })
     }
 
     /// The database host for the `X-Served-By-DB-Host` header: the TCP host name, or
@@ -151,6 +151,8 @@ impl NoticeRoutes {
 /// Server messages raised while a [`Notices`] is alive.
 pub struct Notices {
     rx: mpsc::Receiver<DbError>,
+    /// Our own sender, to recognise it in the slot.
+    tx: mpsc::Sender<DbError>,
     slot: Option<Arc<NoticeSlot>>,
 }
 
@@ -164,7 +166,14 @@ impl Notices {
 impl Drop for Notices {
     fn drop(&mut self) {
         if let Some(slot) = &self.slot {
-            slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let mut listener = slot.lock().unwrap_or_else(|p| p.into_inner());
+            // The connection may already serve another request that installed its own.
+            if listener
+                .as_ref()
+                .is_some_and(|tx| tx.same_channel(&self.tx))
+            {
+                listener.take();
+            }
         }
     }
 }

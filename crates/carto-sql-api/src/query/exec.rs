@@ -151,7 +151,8 @@ async fn run(
     };
     drop(closed);
     // Every message of the statements arrived before their results ended.
-    let notices = notices.as_mut().map(Notices::drain).unwrap_or_default();
+    // The listener goes before the connection does: its next user installs its own.
+    let notices = notices.take().map(|mut n| n.drain()).unwrap_or_default();
     let notices = notices.as_slice();
     match outcome {
         Ok(()) => {
