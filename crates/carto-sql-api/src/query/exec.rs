@@ -242,7 +242,7 @@ async fn run_statement(
             .simple_query(&guard::explain_sql(&statement.sql))
             .await?;
         let plan_json = explained.iter().find_map(|m| match m {
-            SimpleQueryMessage::Row(row) => row.get(0),
+            SimpleQueryMessage::Row(row) => row.try_get(0).ok().flatten(),
             _ => None,
         });
         if plan_json.map_or(true, guard::reads_system_table) {

@@ -130,7 +130,8 @@ fn write_object(
         }
         first = false;
         out.extend_from_slice(&column.key);
-        write_value(&column.kind, row.get(i), out);
+        // A row shorter than its description (the table changed since PREPARE) reads as NULLs.
+        write_value(&column.kind, row.try_get(i).ok().flatten(), out);
     }
     out.push(b'}');
 }
@@ -226,7 +227,7 @@ impl Encoder for GeoJson {
         }
         self.first_row = false;
         out.extend_from_slice(b"{\"type\":\"Feature\",\"geometry\":");
-        match self.geometry.and_then(|g| row.get(g)) {
+        match self.geometry.and_then(|g| row.try_get(g).ok().flatten()) {
             // ST_AsGeoJSON's text is a JSON object already.
             Some(geojson) => out.extend_from_slice(geojson.as_bytes()),
             None => out.extend_from_slice(b"null"),
@@ -308,7 +309,7 @@ impl Encoder for Csv {
             .order
             .iter()
             .map(|i| {
-                let text = row.get(*i).unwrap_or("");
+                let text = row.try_get(*i).ok().flatten().unwrap_or("");
                 // Booleans as `::text` spells them, not the wire's `t`/`f`.
                 match (&columns[*i].kind, text) {
                     (ValueKind::Bool, "t") => b"true".as_slice(),
