@@ -4,6 +4,7 @@ Nothing is built here: the server binary is `$CARTO_SQL_API_BIN`, else
 `target/debug/carto-sql-api` under the repository root (`cargo build -p carto-sql-api`).
 """
 
+import contextlib
 import itertools
 import json
 import os
@@ -30,7 +31,7 @@ def server_binary():
     if not path.is_absolute():
         path = REPO_ROOT / path
     if not path.exists():
-        pytest.exit(f"{path} not found: run `cargo build -p carto-sql-api` first", returncode=2)
+        raise SystemExit(f"{path} not found: run `cargo build -p carto-sql-api` first")
     return path
 
 
@@ -82,9 +83,15 @@ class Server:
         return (self.root / "server.log").read_text(errors="replace")
 
 
-@pytest.fixture(scope="session")
-def server():
-    binary = server_binary()
+class ServerError(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def running_server(binary=None):
+    """Starts carto-sql-api on a free port with a fresh data dir; stops it and removes
+    everything on exit, failing if any process of that data dir is left."""
+    binary = binary or server_binary()
     # A 0755 dir the unprivileged PostgreSQL user can reach (as root, a private dir would
     # make the cluster live elsewhere, under /var/tmp).
     root = Path(tempfile.mkdtemp(prefix="carto-py-tests-"))
@@ -100,7 +107,7 @@ def server():
         deadline = time.monotonic() + 90
         while True:
             if process.poll() is not None:
-                pytest.exit(f"server exited with {process.returncode}:\n{srv.log()}", returncode=2)
+                raise ServerError(f"server exited with {process.returncode}:\n{srv.log()}")
             try:
                 with urllib.request.urlopen(f"{srv.url}/api/v2/version", timeout=2) as r:
                     if r.status == 200:
@@ -108,7 +115,7 @@ def server():
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                pytest.exit(f"server not up after 90 s:\n{srv.log()}", returncode=2)
+                raise ServerError(f"server not up after 90 s:\n{srv.log()}")
             time.sleep(0.2)
         yield srv
     finally:
@@ -125,7 +132,17 @@ def server():
             time.sleep(0.2)
         leftovers = processes_mentioning(str(root))
         shutil.rmtree(root, ignore_errors=True)
-        assert not leftovers, f"processes left behind by the server: {leftovers}"
+        if leftovers:
+            raise ServerError(f"processes left behind by the server: {leftovers}")
+
+
+@pytest.fixture(scope="session")
+def server():
+    try:
+        with running_server() as srv:
+            yield srv
+    except ServerError as error:
+        pytest.fail(str(error), pytrace=False)
 
 
 @pytest.fixture

@@ -92,3 +92,32 @@ def test_unknown_user_is_a_carto_exception(server):
     with pytest.raises(CartoException) as raised:
         SQLClient(auth).send("SELECT 1")
     assert "Sorry, we can't find CARTO user 'nobody'" in str(raised.value)
+
+
+def test_catalog_queries_of_the_carto_python_examples(sql):
+    """What carto-python's table_info / running_queries examples ask, with the master key."""
+    sql.send("CREATE TABLE t (name text); SELECT CDB_CartodbfyTable(current_schema, 't')")
+    columns = sql.send(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_schema = 'public' AND table_name = 't' ORDER BY ordinal_position"
+    )["rows"]
+    assert columns == [
+        {"column_name": "cartodb_id", "data_type": "bigint"},
+        {"column_name": "the_geom", "data_type": "USER-DEFINED"},
+        {"column_name": "the_geom_webmercator", "data_type": "USER-DEFINED"},
+        {"column_name": "name", "data_type": "text"},
+    ]
+    oid = sql.send(
+        "SELECT pg_class.oid AS _oid, pg_class.relname FROM pg_class, pg_roles, pg_namespace "
+        "WHERE pg_roles.oid = pg_class.relowner AND pg_roles.rolname = current_user "
+        "AND pg_namespace.oid = pg_class.relnamespace AND pg_class.relkind = 'r'"
+    )["rows"]
+    assert [r["relname"] for r in oid] == ["t"]
+    triggers = sql.send(f"SELECT tgname FROM pg_trigger WHERE tgrelid = {oid[0]['_oid']} ORDER BY 1")
+    assert [r["tgname"] for r in triggers["rows"]] == [
+        "sync_cartodb_id_seq", "test_quota", "track_updates",
+        "update_the_geom_webmercator_trigger",
+    ]
+    running = sql.send(
+        "SELECT pid, query FROM pg_stat_activity WHERE usename = current_user")["rows"]
+    assert any("pg_stat_activity" in r["query"] for r in running)

@@ -119,21 +119,25 @@ $$;
 
 -- Statement trigger: after rows arrived with their own cartodb_id (e.g. `COPY t FROM STDIN` of
 -- a whole table), the sequence moves past them so later inserts do not collide. One primary-key
--- lookup per statement. DEFINER so that a key allowed to insert but not to read still works;
--- it touches only the table that fired it and that table's own sequence.
+-- lookup per statement. It runs as the writer (no privileged code touches user tables): a key
+-- that may insert but not read the table or set its sequence just skips it.
 CREATE FUNCTION cartodb._CDB_SyncCartodbIdSequence() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    LANGUAGE plpgsql AS $$
 DECLARE
     seq text := pg_get_serial_sequence(TG_RELID::regclass::text, 'cartodb_id');
     top int8;
 BEGIN
     IF seq IS NOT NULL THEN
-        EXECUTE format('SELECT max(cartodb_id) FROM %s', TG_RELID::regclass) INTO top;
-        IF top IS NOT NULL THEN
-            EXECUTE format('SELECT setval(%L, $1) FROM %s WHERE last_value < $1 OR NOT is_called',
-                           seq, seq::regclass)
-            USING top;
-        END IF;
+        BEGIN
+            EXECUTE format('SELECT max(cartodb_id) FROM %s', TG_RELID::regclass) INTO top;
+            IF top IS NOT NULL THEN
+                EXECUTE format('SELECT setval(%L, $1) FROM %s WHERE last_value < $1 OR NOT is_called',
+                               seq, seq::regclass)
+                USING top;
+            END IF;
+        EXCEPTION WHEN insufficient_privilege THEN
+            NULL;
+        END;
     END IF;
     RETURN NULL;
 END
@@ -355,6 +359,11 @@ BEGIN
             coalesce(geom_expr, 'NULL::geometry'),
             coalesce(', ' || cols, ''),
             qtable);
+        -- Run by someone else (an operator), the table stays its owner's.
+        IF owner_role <> current_user THEN
+            EXECUTE format('ALTER TABLE %I.%I OWNER TO %I', destschema, tmp, owner_role);
+            EXECUTE format('ALTER SEQUENCE %I.%I OWNER TO %I', destschema, seq, owner_role);
+        END IF;
         -- Defaults and NOT NULL of the other columns; sequences of serial columns follow.
         FOR c IN
             SELECT a.attname, a.attnotnull, pg_get_expr(d.adbin, d.adrelid) AS def
@@ -394,9 +403,6 @@ BEGIN
                            CASE WHEN c.grantee = 0 THEN 'PUBLIC'
                                 ELSE quote_ident(c.grantee::regrole::text) END);
         END LOOP;
-        IF owner_role <> current_user THEN
-            EXECUTE format('ALTER TABLE %I.%I OWNER TO %I', destschema, tmp, owner_role);
-        END IF;
         EXECUTE format('DROP TABLE %s', qtable);
         EXECUTE format('ALTER TABLE %I.%I RENAME TO %I', destschema, tmp, tname);
         reloid := qtable::regclass;

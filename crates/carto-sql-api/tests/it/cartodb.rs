@@ -608,3 +608,100 @@ async fn user_tables_are_listed() {
         assert_eq!(got, expected, "{call}");
     }
 }
+
+#[tokio::test]
+async fn a_key_that_may_insert_but_not_read_can_insert() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    rows(
+        &server,
+        &user,
+        &format!(
+            "CREATE TABLE inbox (msg text); SELECT CDB_CartodbfyTable(current_schema, 'inbox'); \
+             GRANT INSERT ON inbox TO carto_{0}_public; \
+             GRANT USAGE ON SEQUENCE inbox_cartodb_id_seq TO carto_{0}_public",
+            user.name
+        ),
+    )
+    .await;
+    // No key: the default_public role, which may insert but neither read the table nor set
+    // its sequence; the triggers must not get in its way.
+    let response = http()
+        .post(format!("{}/sql", server.api_url(&user)))
+        .form(&[(
+            "q",
+            "INSERT INTO inbox (msg, the_geom) VALUES ('hi', 'SRID=4326;POINT(1 1)')",
+        )])
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        (status, &body["total_rows"]),
+        (200, &serde_json::json!(1)),
+        "{body}"
+    );
+    let (status, body) = sql_answer(&server, &user, "SELECT 1").await;
+    assert_eq!(status, 200, "{body}");
+    let got = rows(
+        &server,
+        &user,
+        "SELECT cartodb_id, msg, ST_SRID(the_geom_webmercator) srid FROM inbox",
+    )
+    .await;
+    assert_eq!(
+        got,
+        [serde_json::json!({"cartodb_id": 1, "msg": "hi", "srid": 3857})]
+    );
+}
+
+#[tokio::test]
+async fn a_rewrite_keeps_grants_serials_and_the_owner() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    rows(
+        &server,
+        &user,
+        &format!(
+            "CREATE TABLE shared (n serial, name text); \
+             INSERT INTO shared (name) VALUES ('a'); \
+             GRANT SELECT ON shared TO carto_{}_public",
+            user.name
+        ),
+    )
+    .await;
+    // Cartodbfied by the superuser (an operator), the table stays the user's.
+    let admin = server.superuser_client(&user).await;
+    admin
+        .batch_execute("SELECT CDB_CartodbfyTable('shared')")
+        .await
+        .unwrap();
+    let owner: String = admin
+        .query_one(
+            "SELECT pg_get_userbyid(relowner)::text FROM pg_class WHERE oid = 'shared'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, format!("carto_{}_master", user.name));
+    // The serial column still counts on; the public role still reads.
+    rows(&server, &user, "INSERT INTO shared (name) VALUES ('b')").await;
+    let response = http()
+        .get(format!("{}/sql", server.api_url(&user)))
+        .query(&[("q", "SELECT cartodb_id, n, name FROM shared ORDER BY 1")])
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["rows"],
+        serde_json::json!([
+            {"cartodb_id": 1, "n": 1, "name": "a"},
+            {"cartodb_id": 2, "n": 2, "name": "b"},
+        ])
+    );
+}
