@@ -15,9 +15,17 @@ def csv_lines(n, start=0):
         yield f"SRID=4326;POINT({i % 180} {i % 80}),name {i},{i}\n".encode()
 
 
+@pytest.fixture(scope="module")
+def user(server):
+    """One user for this module (a user is a database: creating one per test costs time);
+    each test starts from fresh tables."""
+    return server.add_user()
+
+
 @pytest.fixture
 def table(sql):
     sql.send(
+        "DROP TABLE IF EXISTS t, t2; "
         "CREATE TABLE t (the_geom geometry(Geometry,4326), name text, age integer); "
         "SELECT CDB_CartodbfyTable(current_schema, 't')"
     )
