@@ -347,13 +347,16 @@ BEGIN
         EXECUTE format(
             'CREATE TABLE %I.%I AS SELECT %s AS cartodb_id, '
             '__cdb_g::%s AS the_geom, '
-            'cartodb.CDB_TransformToWebmercator(__cdb_g)::geometry(Geometry,3857) '
+            -- __cdb_g is SRID 4326 (or NULL): the trigger's fast path, inline.
+            'CASE WHEN __cdb_g @ %L::geometry THEN ST_Transform(__cdb_g, 3857) '
+            'ELSE cartodb.CDB_TransformToWebmercator(__cdb_g) END::geometry(Geometry,3857) '
             'AS the_geom_webmercator%s '
             'FROM (SELECT %s, %s AS __cdb_g%s FROM %s OFFSET 0) AS __cdb_src',
             destschema, tmp,
             CASE WHEN id_reuse THEN 'cartodb_id' ELSE format('nextval(%L)::int8',
                  quote_ident(destschema) || '.' || quote_ident(seq)) END,
             geom_type,
+            'SRID=4326;POLYGON((-180 -89,-180 89,180 89,180 -89,-180 -89))',
             coalesce(', ' || cols, ''),
             CASE WHEN id_reuse THEN 'cartodb_id' ELSE '1' END,
             coalesce(geom_expr, 'NULL::geometry'),

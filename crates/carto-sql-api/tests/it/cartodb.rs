@@ -705,3 +705,43 @@ async fn a_rewrite_keeps_grants_serials_and_the_owner() {
         ])
     );
 }
+
+#[tokio::test]
+async fn transform_to_webmercator_edge_cases() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    let cases = [
+        // Already web mercator: as is.
+        ("SRID=3857;POINT(10 20)", Some("SRID=3857;POINT(10 20)")),
+        // No SRID: taken as 4326.
+        ("POINT(1 2)", Some("SRID=3857;POINT(111319.49 222684.21)")),
+        // Another SRID: through 4326.
+        (
+            "SRID=4258;POINT(1 2)",
+            Some("SRID=3857;POINT(111319.49 222684.21)"),
+        ),
+        // Crossing the band's edge: clipped at 89°.
+        (
+            "SRID=4326;LINESTRING(0 0,0 90)",
+            Some("SRID=3857;LINESTRING(0 0,0 30240971.96)"),
+        ),
+        // MULTI stays MULTI, also when one part is cut away.
+        (
+            "SRID=4326;MULTIPOINT((1 2),(0 90))",
+            Some("SRID=3857;MULTIPOINT(111319.49 222684.21)"),
+        ),
+        ("SRID=4326;POINT(0 90)", None),
+        ("SRID=4326;POINT EMPTY", None),
+    ];
+    for (input, expected) in cases {
+        let got = rows(
+            &server,
+            &user,
+            &format!(
+                "SELECT ST_AsEWKT(ST_SnapToGrid(CDB_TransformToWebmercator('{input}'), 0.01)) m"
+            ),
+        )
+        .await;
+        assert_eq!(got[0]["m"], serde_json::json!(expected), "{input}");
+    }
+}
