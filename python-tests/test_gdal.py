@@ -95,3 +95,13 @@ def test_ogr2ogr_appends_with_inserts(server, user, sql, tmp_path):
 )
 def test_ogr2ogr_appends_in_copy_mode(server, user, tmp_path):
     append_twice(server, user, tmp_path)
+
+
+def test_ogr2ogr_overwrite_replaces_the_layer(server, user, sql, tmp_path):
+    source = tmp_path / "points.geojson"
+    source.write_text(json.dumps(POINTS))
+    for _ in range(2):
+        run(["ogr2ogr", "-overwrite", "-f", "Carto", f"CARTO:{user['username']}", str(source),
+             "-nln", "again", *carto_config(server, user)])
+    rows = sql.send("SELECT count(*) AS n, max(cartodb_id) AS top FROM again")["rows"]
+    assert rows == [{"n": 3, "top": 3}]
