@@ -88,8 +88,11 @@ BEGIN
 END
 $$;
 
--- Statement trigger: a write that leaves the user's schema over quota fails (and so is undone).
--- Checked once per statement (one COPY = one check), never per row.
+-- Statement trigger: no writes while the user's schema is over quota. Checked once per
+-- statement (one COPY = one check), never per row, and before the statement: a check after it
+-- would undo a statement that crosses the quota, but the space it took (index pages above
+-- all) would stay counted, leaving the user over quota with nothing stored. copyfrom checks
+-- the upload's size against the remaining quota before it starts.
 CREATE FUNCTION cartodb._CDB_CheckQuota() RETURNS trigger
     LANGUAGE plpgsql AS $$
 DECLARE
@@ -456,7 +459,7 @@ BEGIN
     EXECUTE format('CREATE TRIGGER update_the_geom_webmercator_trigger '
                    'BEFORE INSERT OR UPDATE OF the_geom ON %s FOR EACH ROW '
                    'EXECUTE FUNCTION cartodb._CDB_UpdateTheGeomWebmercator()', qtable);
-    EXECUTE format('CREATE TRIGGER test_quota AFTER INSERT OR UPDATE ON %s '
+    EXECUTE format('CREATE TRIGGER test_quota BEFORE INSERT OR UPDATE ON %s '
                    'FOR EACH STATEMENT EXECUTE FUNCTION cartodb._CDB_CheckQuota()', qtable);
     EXECUTE format('CREATE TRIGGER sync_cartodb_id_seq AFTER INSERT ON %s '
                    'FOR EACH STATEMENT EXECUTE FUNCTION cartodb._CDB_SyncCartodbIdSequence()',

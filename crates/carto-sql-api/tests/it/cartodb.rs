@@ -523,15 +523,35 @@ async fn over_quota_writes_fail_and_insert_nothing() {
     assert!(error_of(&body).contains("uota exceeded"), "{body}");
     assert_eq!(count(&server, &user, "t").await, 1);
 
-    // Within the quota again, writes go through.
+    // Checked before each statement: under the quota a statement may cross it; after that,
+    // writes are refused until there is room again.
+    let used = rows(&server, &user, "SELECT CDB_UserDataSize('public') AS used").await[0]["used"]
+        .as_u64()
+        .unwrap();
     server
         .server()
         .accounts()
-        .set_quota(&user.name, 1 << 30)
+        .set_quota(&user.name, used + 64 * 1024)
+        .await
+        .unwrap();
+    rows(
+        &server,
+        &user,
+        "INSERT INTO t (name) SELECT repeat('x', 100) FROM generate_series(1, 2000)",
+    )
+    .await;
+    let (status, body) = sql_answer(&server, &user, "UPDATE t SET name = 'y'").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(error_of(&body).starts_with("Quota exceeded by "), "{body}");
+    assert_eq!(count(&server, &user, "t WHERE name = 'y'").await, 0);
+    server
+        .server()
+        .accounts()
+        .set_quota(&user.name, 0)
         .await
         .unwrap();
     rows(&server, &user, "INSERT INTO t (name) VALUES ('fits')").await;
-    assert_eq!(count(&server, &user, "t").await, 2);
+    assert_eq!(count(&server, &user, "t").await, 2002);
 }
 
 #[tokio::test]
