@@ -765,3 +765,44 @@ async fn transform_to_webmercator_edge_cases() {
         assert_eq!(got[0]["m"], serde_json::json!(expected), "{input}");
     }
 }
+
+#[tokio::test]
+async fn quoted_and_long_table_names_work() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    let long = "a_table_name_that_is_as_long_as_postgresql_allows_them_01234567";
+    assert_eq!(long.len(), 63);
+    for (create, cartodbfy, table) in [
+        (
+            "CREATE TABLE \"Odd Name\" (\"Label\" text)".to_string(),
+            "SELECT CDB_CartodbfyTable(current_schema, '\"Odd Name\"')".to_string(),
+            "\"Odd Name\"".to_string(),
+        ),
+        (
+            format!("CREATE TABLE {long} (\"Label\" text)"),
+            format!("SELECT CDB_CartodbfyTable('{long}')"),
+            long.to_string(),
+        ),
+    ] {
+        rows(&server, &user, &create).await;
+        rows(&server, &user, &cartodbfy).await;
+        rows(&server, &user, &cartodbfy).await;
+        let got = rows(
+            &server,
+            &user,
+            &format!(
+                "INSERT INTO {table} (\"Label\", the_geom) VALUES ('x', 'SRID=4326;POINT(1 1)'); \
+                 SELECT cartodb_id, \"Label\", ST_SRID(the_geom_webmercator) srid FROM {table}"
+            ),
+        )
+        .await;
+        assert_eq!(
+            got,
+            [serde_json::json!({"cartodb_id": 1, "Label": "x", "srid": 3857})],
+            "{table}"
+        );
+        let (indexes, triggers) = indexes_and_triggers(&server, &user, &table).await;
+        assert_eq!(indexes.len(), 3, "{table}: {indexes:?}");
+        assert_eq!(triggers, CARTO_TRIGGERS, "{table}");
+    }
+}
