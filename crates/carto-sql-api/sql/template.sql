@@ -268,7 +268,18 @@ BEGIN
         END IF;
     END IF;
     IF id_col.typname IN ('int2', 'int4', 'int8') THEN
-        EXECUTE format('SELECT count(*) = count(DISTINCT cartodb_id) FROM %s', qtable) INTO ok;
+        -- NOT NULL and a unique index say it without reading the table (the common case of
+        -- a second call on a big table); else count.
+        ok := id_col.notnull AND EXISTS (
+            SELECT 1 FROM pg_index i
+            WHERE i.indrelid = reloid AND i.indisunique AND i.indnatts = 1
+              AND i.indpred IS NULL
+              AND i.indkey[0] = (SELECT attnum FROM pg_attribute
+                                 WHERE attrelid = reloid AND attname = 'cartodb_id'));
+        IF NOT ok THEN
+            EXECUTE format('SELECT count(*) = count(DISTINCT cartodb_id) FROM %s', qtable)
+            INTO ok;
+        END IF;
         IF ok THEN
             id_reuse := true;
             -- Perfect already: NOT NULL, a default, and the primary key.

@@ -477,6 +477,16 @@ async fn cartodbfy_is_idempotent() {
         );
         assert_eq!(again, shape);
     }
+    // A table that is already right is not even read (counted within the call's transaction).
+    let got = rows(
+        &server,
+        &user,
+        "SELECT CDB_CartodbfyTable('t'); \
+         SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) AS reads \
+         FROM pg_stat_xact_user_tables WHERE relid = 't'::regclass",
+    )
+    .await;
+    assert_eq!(got.last().unwrap()["reads"], 0, "{got:?}");
     let got = rows(
         &server,
         &user,
