@@ -40,8 +40,17 @@ pub struct CopyFromOutcome {
 
 type BoxReader = Pin<Box<dyn AsyncRead + Send>>;
 
+/// The first error of an upload's source, kept to be returned instead of the transport
+/// error it causes (the body failing breaks the request off).
+type Failure = Arc<std::sync::Mutex<Option<std::io::Error>>>;
+
 /// The HTTP body for `source`: counted, compressed as configured, cut into chunks.
-fn body(copy: &CopyClient, source: BoxReader, tracker: Arc<Tracker>) -> reqwest::Body {
+fn body(
+    copy: &CopyClient,
+    source: BoxReader,
+    tracker: Arc<Tracker>,
+    failure: Failure,
+) -> reqwest::Body {
     let counted = Counted {
         inner: source,
         tracker: tracker.clone(),
@@ -54,7 +63,15 @@ fn body(copy: &CopyClient, source: BoxReader, tracker: Arc<Tracker>) -> reqwest:
         }
         None => Box::pin(ReaderStream::with_capacity(counted, copy.chunk_size)),
     };
-    let chunks = chunks.inspect_ok(move |chunk| tracker.add_wire_bytes(chunk.len()));
+    let chunks = chunks
+        .inspect_ok(move |chunk| tracker.add_wire_bytes(chunk.len()))
+        .map_err(move |error| {
+            let message = error.to_string();
+            if let Ok(mut slot) = failure.lock() {
+                slot.get_or_insert(error);
+            }
+            std::io::Error::other(message)
+        });
     reqwest::Body::wrap_stream(chunks)
 }
 
@@ -68,7 +85,8 @@ async fn send(
 ) -> Result<CopyFromOutcome> {
     let client = &copy.client;
     let url = client.endpoint("sql/copyfrom")?;
-    let response = client
+    let failure = Failure::default();
+    let sent = client
         .send(retry, || {
             let mut request = client
                 .http()
@@ -76,13 +94,20 @@ async fn send(
                 .query(&client.auth_params())
                 .query(&[("q", sql)])
                 .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-                .body(body(copy, source()?, tracker.clone()));
+                .body(body(copy, source()?, tracker.clone(), failure.clone()));
             if copy.gzip_level.is_some() {
                 request = request.header(reqwest::header::CONTENT_ENCODING, "gzip");
             }
             Ok(request)
         })
-        .await?;
+        .await;
+    let source_failure = failure.lock().ok().and_then(|mut slot| slot.take());
+    let response = match (sent, source_failure) {
+        (Ok(response), _) => response,
+        // The source failed: that, not the broken-off request, is the cause.
+        (Err(_), Some(error)) => return Err(Error::io(error)),
+        (Err(error), None) => return Err(error),
+    };
     let bytes = response.bytes().await.map_err(Error::http)?;
     let outcome: CopyFromOutcome = serde_json::from_slice(&bytes).map_err(|e| {
         Error::decode(format!(

@@ -151,7 +151,9 @@ async fn a_failing_stream_aborts_the_upload() {
         .copy_from_stream(CSV_Q, futures::stream::iter(chunks))
         .await
         .unwrap_err();
-    assert!(error.is_http() || error.is_io(), "{error:?}");
+    assert!(error.is_io(), "{error:?}");
+    let cause = std::error::Error::source(&error).map(|s| s.to_string());
+    assert_eq!(cause.as_deref(), Some("disk on fire"));
     assert!(backends_gone(&server, &user, "COPY t").await);
     assert_eq!(count(&server, &user, "t").await, 0);
 }

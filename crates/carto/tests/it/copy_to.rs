@@ -191,3 +191,39 @@ async fn data_that_looks_like_an_error_is_kept() {
     assert!(error.is_none());
     assert_eq!(data, Bytes::from_static(b"{\"error\":[\"x\"]}\n"));
 }
+
+#[tokio::test]
+async fn piping_copy_to_into_copy_from() {
+    let (server, user, client) = setup().await;
+    with_table(&client).await;
+    create(&client, "CREATE TABLE dest (id int, name text)").await;
+    let other = server.create_user().await;
+    let other_client = crate::support::path_client(&server, &other);
+    create(&other_client, "CREATE TABLE dest (id int, name text)").await;
+
+    // Account to account, binary format, no disk.
+    let rows = client
+        .copy()
+        .copy_to("COPY t TO STDOUT WITH (FORMAT binary)")
+        .await
+        .unwrap();
+    let outcome = other_client
+        .copy()
+        .copy_from_stream("COPY dest FROM STDIN WITH (FORMAT binary)", rows)
+        .await
+        .unwrap();
+    assert_eq!(outcome.total_rows, 50000);
+    assert_eq!(crate::support::count(&server, &other, "dest").await, 50000);
+
+    // A source failing midway aborts the destination: nothing lands, and the error says why.
+    let rows = client.copy().copy_to(FAILS_MIDWAY).await.unwrap();
+    let error = client
+        .copy()
+        .copy_from_stream("COPY dest (id, name) FROM STDIN", rows)
+        .await
+        .unwrap_err();
+    assert!(error.is_mid_stream(), "{error:?}");
+    assert_eq!(error.messages(), ["division by zero"]);
+    assert!(crate::support::backends_gone(&server, &user, "COPY dest").await);
+    assert_eq!(crate::support::count(&server, &user, "dest").await, 0);
+}

@@ -3,6 +3,7 @@
 
 mod big_upload;
 mod blocking;
+mod copy_bench;
 mod copy_errors;
 mod copy_from;
 mod copy_to;
