@@ -1,7 +1,7 @@
 //! The same clients for code without an async runtime.
 //!
 //! Each blocking [`Client`] drives the async one on a runtime of its own (one worker
-//! thread), so both share one implementation and one [`Error`](crate::Error). COPY uploads
+//! thread), so both share one implementation and one [`Error`]. COPY uploads
 //! are an `io::Write` plus [`CopyFromWriter::finish`]; downloads an `io::Read`.
 //!
 //! # Panics

@@ -191,3 +191,54 @@ mod tests {
         assert!(shown.contains("redacted"));
     }
 }
+
+#[cfg(test)]
+mod warning_tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn plain_http_warns_without_showing_the_key() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            Credentials::new("https://alice.carto.com/", "key-one").unwrap();
+            assert!(captured.0.lock().unwrap().is_empty(), "https is quiet");
+            Credentials::new("http://alice.example.com/", "key-two").unwrap();
+        });
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(log.contains("WARN") && log.contains("unencrypted"), "{log}");
+        assert!(!log.contains("key-two"), "{log}");
+    }
+
+    #[test]
+    fn from_env_reads_url_and_key() {
+        // The only test touching these variables.
+        std::env::set_var("CARTO_API_URL", "https://org.example.com/user/envuser");
+        std::env::set_var("CARTO_API_KEY", "env-key");
+        let c = Credentials::from_env().unwrap();
+        assert_eq!(c.username(), "envuser");
+        assert_eq!(c.api_key(), "env-key");
+        std::env::remove_var("CARTO_API_KEY");
+        assert!(Credentials::from_env().unwrap_err().is_config());
+    }
+}

@@ -84,3 +84,55 @@ async fn chunk_size_measurement() {
         );
     }
 }
+
+/// The client's own CPU per GB uploaded, against a server in another process (so this
+/// process's CPU is the client's alone). Needs `CARTO_API_URL` and `CARTO_API_KEY`:
+///
+/// ```text
+/// CARTO_API_URL=http://127.0.0.1:8080/user/alice/ CARTO_API_KEY=... \
+///   cargo test -p carto --release --test it client_cpu_per_gigabyte -- --ignored --nocapture
+/// ```
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement against an external server; run it by name with --ignored"]
+async fn client_cpu_per_gigabyte() {
+    let Ok(client) = carto::Client::from_env() else {
+        eprintln!("CARTO_API_URL / CARTO_API_KEY not set: nothing measured");
+        return;
+    };
+    create(
+        &client,
+        "DROP TABLE IF EXISTS bench_cpu; \
+         CREATE UNLOGGED TABLE bench_cpu (id bigint, n int, geom text, note text)",
+    )
+    .await;
+    // The rows are generated in this process: measure that alone, to subtract it.
+    let cpu = cpu_seconds();
+    let generated = futures::StreamExt::fold(rows(), 0usize, |n, c| async move {
+        n + c.map(|c| c.len()).unwrap_or(0)
+    })
+    .await;
+    eprintln!(
+        "generating {:.0} MB alone: {:.2} CPU s",
+        generated as f64 / 1e6,
+        cpu_seconds() - cpu
+    );
+    eprintln!("compression | wall s | client CPU s | CPU s per GB");
+    for (name, copy) in [
+        ("gzip 1", client.copy()),
+        ("none", client.copy().without_compression()),
+    ] {
+        client.sql().send("TRUNCATE bench_cpu").await.unwrap();
+        let cpu = cpu_seconds();
+        let started = Instant::now();
+        copy.copy_from_stream("COPY bench_cpu FROM STDIN", rows())
+            .await
+            .unwrap();
+        let used = cpu_seconds() - cpu;
+        eprintln!(
+            "{name:>11} | {:6.2} | {used:6.2} | {:6.2}",
+            started.elapsed().as_secs_f64(),
+            used / (TOTAL as f64 / 1e9)
+        );
+    }
+    client.sql().send("DROP TABLE bench_cpu").await.unwrap();
+}
