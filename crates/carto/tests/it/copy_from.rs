@@ -233,3 +233,28 @@ async fn progress_reports_bytes_and_rows() {
     );
     assert_eq!(rows.load(Ordering::SeqCst), 20_000);
 }
+
+#[tokio::test]
+async fn a_row_that_cannot_be_encoded_aborts_the_upload() {
+    let (server, user, client) = setup().await;
+    with_table(&client).await;
+    let rows = (0..20_000).map(|i| {
+        (
+            i,
+            if i == 19_999 {
+                "nul\0".to_string()
+            } else {
+                format!("r{i}")
+            },
+        )
+    });
+    let error = client
+        .copy()
+        .with_chunk_size(1024)
+        .copy_from_rows("t", &["id", "name"], futures::stream::iter(rows))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("NUL"), "{error}");
+    assert!(backends_gone(&server, &user, "COPY t").await);
+    assert_eq!(count(&server, &user, "t").await, 0);
+}

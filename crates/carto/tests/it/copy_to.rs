@@ -227,3 +227,23 @@ async fn piping_copy_to_into_copy_from() {
     assert!(crate::support::backends_gone(&server, &user, "COPY dest").await);
     assert_eq!(crate::support::count(&server, &user, "dest").await, 0);
 }
+
+#[tokio::test]
+async fn dropping_the_stream_cancels_the_query() {
+    let (server, user, client) = setup().await;
+    // Wide rows, uncompressed: the first chunk (held back behind the 64 KiB tail window)
+    // arrives after a few dozen rows.
+    let mut stream = client
+        .copy()
+        .without_compression()
+        .copy_to(
+            "COPY (SELECT i, repeat('x', 1000), pg_sleep(0.0001) \
+                   FROM generate_series(1, 10000000) i) TO STDOUT",
+        )
+        .await
+        .unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    drop(stream);
+    assert!(crate::support::backends_gone(&server, &user, "COPY (SELECT i, repeat").await);
+}
