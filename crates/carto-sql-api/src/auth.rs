@@ -3,6 +3,7 @@
 //! resolved to the PostgreSQL role the request's statements run as.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{FromRequestParts, Path};
 use axum::http::{header, request::Parts, StatusCode};
@@ -19,6 +20,35 @@ pub struct Addressed {
     pub user: User,
     basic: Option<(String, String)>,
     query_key: Option<String>,
+    identified: Option<Identified>,
+}
+
+/// Who a request turned out to be for, filled in by [`Addressed`] as it resolves the user and
+/// authenticates, so that a middleware can add `Carto-User`, `Carto-User-Id` and
+/// `Vary: Authorization` to whatever answer the handler gives, errors included.
+#[derive(Debug, Clone, Default)]
+pub struct Identified(Arc<Mutex<Option<Identity>>>);
+
+/// What [`Identified`] holds.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// User name.
+    pub username: String,
+    /// User id.
+    pub id: i64,
+    /// A key was accepted.
+    pub authenticated: bool,
+}
+
+impl Identified {
+    /// What was found so far.
+    pub fn get(&self) -> Option<Identity> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Option<Identity>)) {
+        change(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
+    }
 }
 
 /// The outcome of authentication: the user and the key (with its role) the request runs as.
@@ -50,10 +80,21 @@ impl FromRequestParts<AppState> for Addressed {
             .ok_or_else(|| ApiError::unknown_user(&username))?;
         let query = parts.uri.query().unwrap_or("");
         let query_key = query_param(query, "api_key").or_else(|| query_param(query, "map_key"));
+        let identified = parts.extensions.get::<Identified>().cloned();
+        if let Some(identified) = &identified {
+            identified.update(|slot| {
+                *slot = Some(Identity {
+                    username: user.username.clone(),
+                    id: user.id,
+                    authenticated: false,
+                })
+            });
+        }
         Ok(Addressed {
             user,
             basic: basic_credentials(parts),
             query_key,
+            identified,
         })
     }
 }
@@ -84,6 +125,13 @@ impl Addressed {
             .ok_or_else(ApiError::unauthorized)?;
         if !key.grants_sql {
             return Err(ApiError::forbidden("forbidden"));
+        }
+        if let Some(identified) = &self.identified {
+            identified.update(|slot| {
+                if let Some(identity) = slot {
+                    identity.authenticated = true;
+                }
+            });
         }
         Ok(Caller {
             user: self.user,

@@ -3,10 +3,14 @@
 //! authenticated as the API key's own role.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_postgres::error::DbError;
+use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::error::ApiError;
 
@@ -17,6 +21,7 @@ pub struct Pools {
     base: tokio_postgres::Config,
     max_size: usize,
     pools: Arc<Mutex<HashMap<(String, String), Pool>>>,
+    notices: NoticeRoutes,
 }
 
 /// A role to connect as: its name and password, and the database.
@@ -49,6 +54,7 @@ impl Pools {
             base,
             max_size,
             pools: Arc::default(),
+            notices: NoticeRoutes::default(),
         }
     }
 
@@ -67,9 +73,11 @@ impl Pools {
                         .dbname(&login.database)
                         .user(&login.role)
                         .password(&login.password);
-                    let manager = Manager::from_config(
+                    let manager = Manager::from_connect(
                         config,
-                        NoTls,
+                        NoticeRoutingConnect {
+                            routes: self.notices.clone(),
+                        },
                         ManagerConfig {
                             recycling_method: RecyclingMethod::Clean,
                         },
@@ -85,10 +93,136 @@ impl Pools {
         Ok(pool.get().await?)
     }
 
+    /// Routes the server messages (NOTICE, WARNING, ...) that `client`'s statements raise to the
+    /// returned receiver, until it is dropped. At most `capacity` are kept; later ones are dropped.
+    pub async fn notices(
+        &self,
+        client: &Object,
+        capacity: usize,
+    ) -> Result<Notices, tokio_postgres::Error> {
+        let pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await?
+            .get(0);
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let slot = self.notices.slot(pid);
+        if let Some(slot) = &slot {
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx.clone());
+        }
+        Ok(Notices { rx, tx, slot })
+    }
+
+    /// The database host for the `X-Served-By-DB-Host` header: the TCP host name, or
+    /// `localhost` for a Unix socket.
+    pub fn host_label(&self) -> String {
+        match self.base.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            _ => "localhost".into(),
+        }
+    }
+
     /// Forgets the pool of a (database, role), e.g. after the role's password changed.
     pub fn forget(&self, database: &str, role: &str) {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools.remove(&(database.to_string(), role.to_string()));
+    }
+}
+
+/// Where each pooled connection's server messages go: by backend pid, the listener of the
+/// request using the connection, if any. A connection's entry lives as long as its task.
+#[derive(Clone, Default)]
+struct NoticeRoutes(Arc<Mutex<HashMap<i32, Weak<NoticeSlot>>>>);
+
+type NoticeSlot = Mutex<Option<mpsc::Sender<DbError>>>;
+
+impl NoticeRoutes {
+    fn register(&self, pid: i32, slot: &Arc<NoticeSlot>) {
+        let mut routes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        routes.retain(|_, slot| slot.strong_count() > 0);
+        routes.insert(pid, Arc::downgrade(slot));
+    }
+
+    fn slot(&self, pid: i32) -> Option<Arc<NoticeSlot>> {
+        let routes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        routes.get(&pid).and_then(Weak::upgrade)
+    }
+}
+
+/// Server messages raised while a [`Notices`] is alive.
+pub struct Notices {
+    rx: mpsc::Receiver<DbError>,
+    /// Our own sender, to recognise it in the slot.
+    tx: mpsc::Sender<DbError>,
+    slot: Option<Arc<NoticeSlot>>,
+}
+
+impl Notices {
+    /// The messages received so far.
+    pub fn drain(&mut self) -> Vec<DbError> {
+        std::iter::from_fn(|| self.rx.try_recv().ok()).collect()
+    }
+}
+
+impl Drop for Notices {
+    fn drop(&mut self) {
+        if let Some(slot) = &self.slot {
+            let mut listener = slot.lock().unwrap_or_else(|p| p.into_inner());
+            // The connection may already serve another request that installed its own.
+            if listener
+                .as_ref()
+                .is_some_and(|tx| tx.same_channel(&self.tx))
+            {
+                listener.take();
+            }
+        }
+    }
+}
+
+/// Connects like deadpool's default, but runs the connection's message loop itself so that
+/// notices reach the request that raised them instead of being dropped.
+struct NoticeRoutingConnect {
+    routes: NoticeRoutes,
+}
+
+impl deadpool_postgres::Connect for NoticeRoutingConnect {
+    fn connect(
+        &self,
+        config: &tokio_postgres::Config,
+    ) -> BoxFuture<
+        '_,
+        Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
+    > {
+        let config = config.clone();
+        Box::pin(async move {
+            let (client, mut connection) = config.connect(NoTls).await?;
+            let slot: Arc<NoticeSlot> = Arc::default();
+            let task_slot = slot.clone();
+            let task = tokio::spawn(async move {
+                let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+                while let Some(message) = messages.next().await {
+                    match message {
+                        Ok(AsyncMessage::Notice(notice)) => {
+                            let listener = task_slot.lock().unwrap_or_else(|p| p.into_inner());
+                            if let Some(tx) = listener.as_ref() {
+                                // Full: the request has enough messages; drop the rest.
+                                let _ = tx.try_send(notice);
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(error) => {
+                            tracing::debug!(%error, "connection closed");
+                            break;
+                        }
+                    }
+                }
+            });
+            let pid: i32 = client
+                .query_one("SELECT pg_backend_pid()", &[])
+                .await?
+                .get(0);
+            self.routes.register(pid, &slot);
+            Ok((client, task))
+        })
     }
 }
 

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use anyhow::{anyhow, bail, Context, Result};
+use nix::fcntl::{Flock, FlockArg};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use sha2::{Digest, Sha256};
@@ -46,8 +47,10 @@ impl EmbeddedOptions {
     }
 }
 
-/// A running embedded cluster. Stop it with [`EmbeddedCluster::stop`]; a cluster this process
-/// did not start (it was already running) is left running.
+/// A running embedded cluster, shared by every process of this server on the same data dir
+/// (e.g. `serve` and a `user add` run beside it). Each holds a shared lock on the data dir's
+/// `cluster.lock` while it uses the cluster; [`EmbeddedCluster::stop`] stops the cluster only
+/// when the caller is the last user, whichever process started it.
 #[derive(Debug)]
 pub struct EmbeddedCluster {
     bin_dir: PathBuf,
@@ -57,7 +60,9 @@ pub struct EmbeddedCluster {
     port: u16,
     password: String,
     run_as: Option<nix::unistd::User>,
-    started_here: bool,
+    /// The shared lock saying "in use"; `None` once stopped or handed to a watchdog.
+    in_use: Option<Flock<std::fs::File>>,
+    setup_lock: PathBuf,
 }
 
 impl EmbeddedCluster {
@@ -68,7 +73,11 @@ impl EmbeddedCluster {
         std::fs::create_dir_all(&options.data_dir)
             .with_context(|| format!("creating data dir {}", options.data_dir.display()))?;
         let data_dir = std::fs::canonicalize(&options.data_dir)?;
-
+        // Two processes starting on one data dir at once (`serve &` then `user add`) must not
+        // both run initdb, nor read a half-written cluster: set-up (and stopping) happen under
+        // an exclusive `setup.lock`; a process then holds a shared `cluster.lock` for as long
+        // as it uses the cluster.
+        let setup = lock_blocking(data_dir.join("setup.lock"), FlockArg::LockExclusive).await?;
         let run_as = run_as_user(&options.os_user)?;
         let root = cluster_root(&data_dir, run_as.as_ref());
         let pgdata = root.join("data");
@@ -81,11 +90,12 @@ impl EmbeddedCluster {
             port: 0,
             password: String::new(),
             run_as,
-            started_here: false,
+            in_use: None,
+            setup_lock: PathBuf::new(),
         };
         cluster.prepare_dirs()?;
         let password_file = data_dir.join("superuser-password");
-        if !cluster.pgdata.join("PG_VERSION").exists() {
+        if !cluster.pgdata.join("PG_VERSION").exists() || !password_file.exists() {
             cluster.init(&password_file, options.unsafe_fast).await?;
         }
         cluster.password = std::fs::read_to_string(&password_file)
@@ -98,8 +108,13 @@ impl EmbeddedCluster {
         } else {
             cluster.port = rand::thread_rng().gen_range(20000..60000);
             cluster.pg_ctl_start().await?;
-            cluster.started_here = true;
         }
+        // Nobody holds `cluster.lock` exclusively without holding `setup.lock` too, so this
+        // never waits.
+        cluster.in_use =
+            Some(lock_blocking(data_dir.join("cluster.lock"), FlockArg::LockShared).await?);
+        cluster.setup_lock = data_dir.join("setup.lock");
+        drop(setup);
         Ok(cluster)
     }
 
@@ -135,12 +150,19 @@ impl EmbeddedCluster {
         self.port
     }
 
-    /// Stops the cluster (fast mode) if this process started it.
+    /// Stops the cluster (fast mode) unless another process still uses it.
     pub async fn stop(&mut self) -> Result<()> {
-        if !self.started_here {
+        let Some(in_use) = self.in_use.take() else {
             return Ok(());
-        }
-        self.started_here = false;
+        };
+        let _setup = lock_blocking(self.setup_lock.clone(), FlockArg::LockExclusive).await?;
+        let file = in_use
+            .unlock()
+            .map_err(|(_, errno)| anyhow!("unlocking cluster.lock: {errno}"))?;
+        // Only the last user gets the lock exclusively; the others leave the cluster running.
+        let Ok(_last) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+            return Ok(());
+        };
         let out = self
             .pg_command("pg_ctl")
             .arg("-D")
@@ -148,7 +170,7 @@ impl EmbeddedCluster {
             .args(["-m", "fast", "-w", "stop"])
             .output()
             .await?;
-        if !out.status.success() {
+        if !out.status.success() && self.running_port().is_some() {
             bail!(
                 "pg_ctl stop failed: {}",
                 String::from_utf8_lossy(&out.stderr)
@@ -182,8 +204,10 @@ impl EmbeddedCluster {
             .stderr(Stdio::null())
             .spawn()
             .context("spawning the cluster watchdog")?;
-        // The watchdog now owns the shutdown.
-        self.started_here = false;
+        // The watchdog now owns the shutdown; this process keeps its shared lock until it exits.
+        if let Some(in_use) = self.in_use.take() {
+            std::mem::forget(in_use);
+        }
         Ok(())
     }
 
@@ -204,6 +228,16 @@ impl EmbeddedCluster {
             .take(32)
             .map(char::from)
             .collect();
+        // A data directory without its password is what an interrupted first start leaves.
+        if self.pgdata.join("PG_VERSION").exists() {
+            bail!(
+                "{} holds a cluster but its password file {} is missing: remove the cluster's \
+                 directory {} to start afresh",
+                self.pgdata.display(),
+                password_file.display(),
+                self.root.display()
+            );
+        }
         // initdb reads the password from a file the cluster's OS user can read.
         let pwfile = self.root.join("initdb-pwfile");
         std::fs::write(&pwfile, &password)?;
@@ -361,6 +395,21 @@ fn searchable_by(dir: &Path, uid: u32) -> bool {
         Ok(meta) => meta.mode() & 0o001 != 0,
         Err(_) => false,
     }
+}
+
+/// Waits (off the async runtime) until this process holds a lock of kind `kind` on `path`
+/// (created if absent); the lock goes when the returned value is dropped.
+async fn lock_blocking(path: PathBuf, kind: FlockArg) -> Result<Flock<std::fs::File>> {
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Flock::lock(file, kind).map_err(|(_, errno)| anyhow!("locking {}: {errno}", path.display()))
+    })
+    .await?
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<()> {

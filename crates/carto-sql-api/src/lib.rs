@@ -48,6 +48,9 @@ pub struct Config {
     pub copy_timeout: String,
     /// Connections per (database, role) pool. Default 16.
     pub pool_size: usize,
+    /// `statement_timeout` set for `/sql` statements, in PostgreSQL's syntax (e.g. `15s`).
+    /// Default `None`: the key role's own setting applies, as upstream.
+    pub query_timeout: Option<String>,
 }
 
 impl Default for Config {
@@ -57,6 +60,7 @@ impl Default for Config {
             max_post_size_label: "2 GB".into(),
             copy_timeout: "5h".into(),
             pool_size: 16,
+            query_timeout: None,
         }
     }
 }

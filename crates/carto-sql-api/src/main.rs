@@ -48,6 +48,10 @@ enum Command {
         /// Connections per (database, role) pool.
         #[arg(long, default_value_t = Config::default().pool_size)]
         pool_size: usize,
+        /// statement_timeout of /sql statements (PostgreSQL syntax, e.g. 15s); default: the
+        /// key role's own setting.
+        #[arg(long)]
+        query_timeout: Option<String>,
         /// Base URL printed for users (default: from --listen).
         #[arg(long)]
         public_url: Option<String>,
@@ -131,6 +135,7 @@ async fn run_command(command: Command, admin: tokio_postgres::Config) -> Result<
             max_post_size,
             copy_timeout,
             pool_size,
+            query_timeout,
             public_url,
         } => {
             let config = Config {
@@ -142,6 +147,7 @@ async fn run_command(command: Command, admin: tokio_postgres::Config) -> Result<
                 },
                 copy_timeout,
                 pool_size,
+                query_timeout,
             };
             let server = Server::open(admin, config).await?;
             let listener = tokio::net::TcpListener::bind(listen)

@@ -14,7 +14,7 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::{json, Value};
 use tower_http::compression::{CompressionLayer, CompressionLevel};
 
-use crate::auth::{form_urlencoded_pairs, Addressed};
+use crate::auth::{form_urlencoded_pairs, Addressed, Identified};
 use crate::copy::statement::{self, Direction};
 use crate::copy::{self as copy_streams, UploadLimits};
 use crate::error::ApiError;
@@ -63,16 +63,28 @@ fn route(path: &str, handler: MethodRouter<AppState>) -> Router<AppState> {
 
 /// CORS and host headers on every answer, `OPTIONS` answered without auth, one log line per
 /// request (the path only: keys travel in the query string and are never logged).
-async fn common_headers_and_log(request: Request, next: Next) -> Response {
+async fn common_headers_and_log(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    let identified = Identified::default();
+    request.extensions_mut().insert(identified.clone());
+    let client = crate::auth::query_param(request.uri().query().unwrap_or(""), "client");
     let mut response = if method == Method::OPTIONS {
         StatusCode::OK.into_response()
     } else {
         next.run(request).await
     };
     let headers = response.headers_mut();
+    if let Some(identity) = identified.get() {
+        if let Ok(user) = HeaderValue::from_str(&identity.username) {
+            headers.insert("carto-user", user);
+        }
+        headers.insert("carto-user-id", HeaderValue::from(identity.id));
+        if identity.authenticated {
+            headers.append(header::VARY, HeaderValue::from_static("Authorization"));
+        }
+    }
     for name in [
         "access-control-allow-origin",
         "access-control-allow-headers",
@@ -82,6 +94,9 @@ async fn common_headers_and_log(request: Request, next: Next) -> Response {
     }
     if let Ok(host) = HeaderValue::from_str(&hostname()) {
         headers.insert("x-served-by-host", host);
+    }
+    if let Some(Ok(client)) = client.as_deref().map(HeaderValue::from_str) {
+        headers.insert("carto-client", client);
     }
     let rows = response.extensions().get::<Rows>().map(|r| r.0);
     let error = response
@@ -176,49 +191,49 @@ async fn health() -> Response {
     json_answer(&json!({ "enabled": false, "ok": true }))
 }
 
-/// `GET|POST /sql`: run `q`, answer rows as JSON.
+/// `GET|POST /sql`: run `q`, stream the result in the requested format. With a JSONP
+/// `callback` in the query string, errors too are answered 200 as script (spec §3).
 async fn sql(
     State(state): State<AppState>,
     addressed: Addressed,
     headers: HeaderMap,
     request: Request,
-) -> Result<Response, ApiError> {
+) -> Response {
     let (parts, body) = request.into_parts();
-    let params = Params::read(&headers, parts.uri.query(), body).await?;
-    let caller = addressed.authenticate(&state, params.key()).await?;
-    let q = params
-        .get("q")
-        .filter(|q| !q.trim().is_empty())
-        .ok_or_else(|| ApiError::bad_request("You must indicate a sql query"))?;
-    let format = params.get("format").unwrap_or("json").to_ascii_lowercase();
-    if format != "json" {
-        return Err(ApiError::bad_request(format!("Invalid format: {format}")));
+    let query = parts.uri.query().unwrap_or("");
+    let callback = crate::auth::query_param(query, "callback")
+        .as_deref()
+        .and_then(query::jsonp_callback);
+    let answer = async {
+        let params = Params::read(&headers, Some(query), body).await?;
+        let caller = addressed.authenticate(&state, params.key()).await?;
+        let options = query::Options::parse(&params.0, callback.clone())?;
+        query::answer(
+            &state.pools,
+            &caller,
+            &options,
+            state.config.query_timeout.as_deref(),
+        )
+        .await
     }
-    let started = Instant::now();
-    let result = query::run(&state.pools, &caller, q).await?;
-    let fields: serde_json::Map<String, Value> = result
-        .fields
-        .iter()
-        .map(|(name, ty)| {
-            (
-                name.clone(),
-                json!({ "type": query::carto_type(ty), "pgtype": ty.name() }),
-            )
-        })
-        .collect();
-    let total_rows = result.total_rows;
-    // Key order as upstream: rows, time, fields, total_rows.
-    let body = format!(
-        "{{\"rows\":{},\"time\":{},\"fields\":{},\"total_rows\":{}}}",
-        Value::Array(result.rows.into_iter().map(Value::Object).collect()),
-        started.elapsed().as_secs_f64(),
-        Value::Object(fields),
-        total_rows
-    );
-    let mut response = json_answer(&Value::Null);
-    *response.body_mut() = Body::from(body);
-    response.extensions_mut().insert(Rows(total_rows));
-    Ok(response)
+    .await;
+    match (answer, callback) {
+        (Ok(response), _) => response,
+        (Err(error), None) => error.into_response(),
+        (Err(error), Some(callback)) => {
+            let body = format!(
+                "/**/ typeof {callback} === 'function' && {callback}({});",
+                error.to_json()
+            );
+            let mut response = (StatusCode::OK, body).into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/javascript; charset=utf-8"),
+            );
+            response.extensions_mut().insert(error);
+            response
+        }
+    }
 }
 
 /// `POST /sql/copyfrom`: stream the body into `COPY ... FROM STDIN`.

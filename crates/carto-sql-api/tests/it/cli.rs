@@ -94,3 +94,46 @@ async fn user_add_serve_and_shutdown_on_the_embedded_default() {
     );
     let _ = std::fs::remove_dir_all(&files);
 }
+
+#[tokio::test]
+async fn user_add_right_after_serve_waits_for_the_first_start() {
+    // `serve &` then `user add` at once, as the README's quick start does: the second process
+    // must wait for the first to create the cluster, then attach to it.
+    let dir = tempfile::Builder::new()
+        .prefix("carto-cli-race")
+        .tempdir()
+        .unwrap();
+    let files = EmbeddedCluster::files_dir(&EmbeddedOptions::new(dir.path())).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut serve = carto_sql_api(dir.path(), &["serve", "--listen", &listen])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = carto_sql_api(dir.path(), &["user", "add", "carol", "--api-key", "k"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let url = format!("http://{listen}/user/carol/api/v2/sql?api_key=k&q=SELECT%203%20AS%20z");
+    let mut answer = None;
+    for _ in 0..150 {
+        if let Ok(response) = reqwest::get(&url).await {
+            answer = Some(response.text().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answer.expect("the server answers").contains("\"z\":3"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(serve.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(serve.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&files);
+}
