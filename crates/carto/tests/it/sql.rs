@@ -121,24 +121,54 @@ async fn transport_errors_hide_the_key() {
 }
 
 #[tokio::test]
-async fn other_formats_stream_bytes() {
+async fn csv_streams_with_extra_params() {
     let (_server, _user, client) = setup().await;
-    let request = client
+    let mut stream = client
         .sql()
-        .request("SELECT 1 AS a, 'b' AS b")
-        .format(Format::Csv);
-    let mut stream = request.bytes_stream().await;
-    match stream {
-        Ok(ref mut stream) => {
-            let mut body = Vec::new();
-            while let Some(chunk) = stream.next().await {
-                body.extend_from_slice(&chunk.unwrap());
-            }
-            let text = String::from_utf8(body).unwrap();
-            assert!(text.starts_with("a,b"), "{text}");
-        }
-        // The csv format is being added to the server in parallel: until then it refuses it
-        // with its own error, which must come back as one.
-        Err(error) => assert_eq!(error.messages(), ["Invalid format: csv"]),
+        .request("SELECT 1 AS a, 'b' AS b, 3 AS c")
+        .format(Format::Csv)
+        .param("skipfields", "c")
+        .bytes_stream()
+        .await
+        .unwrap();
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        body.extend_from_slice(&chunk.unwrap());
     }
+    assert_eq!(String::from_utf8(body).unwrap(), "a,b\r\n1,b\r\n");
+}
+
+#[tokio::test]
+async fn an_error_after_rows_began_is_an_error() {
+    let (_server, _user, client) = setup().await;
+    let error = client
+        .sql()
+        .send("SELECT i, 1/(200000-i) AS r FROM generate_series(1,300000) i")
+        .await
+        .unwrap_err();
+    assert_eq!(error.messages(), ["division by zero"], "{error:?}");
+    // Streamed: the answer began with status 200 and ended with the error.
+    assert!(error.is_mid_stream(), "{error:?}");
+}
+
+#[tokio::test]
+async fn geojson_streams() {
+    let (_server, _user, client) = setup().await;
+    let body = client
+        .sql()
+        .request("SELECT 1 AS id, ST_SetSRID(ST_MakePoint(1, 2), 4326) AS the_geom")
+        .format(Format::GeoJson)
+        .bytes_stream()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["type"], "FeatureCollection");
+    assert_eq!(
+        doc["features"][0]["geometry"]["coordinates"],
+        serde_json::json!([1, 2])
+    );
+    assert_eq!(doc["features"][0]["properties"]["id"], 1);
 }
