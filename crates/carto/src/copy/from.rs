@@ -220,13 +220,17 @@ where
 
 /// An upload in progress: a [`Sink`] of byte chunks, from [`CopyClient::copy_from`].
 ///
-/// Send data with [`SinkExt::send`](futures::SinkExt::send) (or [`CopyFromSink::send`]),
+/// Send data with [`CopyFromSink::send`] (or the `Sink` trait: `feed`, `send_all`, ...),
 /// then [`finish`](Self::finish) to learn the outcome (closing it through the `Sink`
-/// trait also ends the data; `finish` still gives the outcome). Chunks are sent as given; write in
-/// pieces of some KiB or more. Until `finish`, nothing is committed: dropping the sink, or
-/// [`abort`](Self::abort), breaks the request off and the server rolls the COPY back.
+/// trait also ends the data; `finish` still gives the outcome). Small chunks are merged
+/// into chunks of the client's chunk size before they are sent (`flush` sends what is
+/// merged so far); chunks of that size or more pass through as they are. Until `finish`,
+/// nothing is committed: dropping the sink, or [`abort`](Self::abort), breaks the request
+/// off and the server rolls the COPY back.
 pub struct CopyFromSink {
     sender: PollSender<Bytes>,
+    merged: BytesMut,
+    chunk_size: usize,
     finished: Arc<AtomicBool>,
     task: Option<JoinHandle<Result<CopyFromOutcome>>>,
     pub(crate) tracker: Arc<Tracker>,
@@ -264,6 +268,7 @@ pub(super) fn start_sink(copy: &CopyClient, sql: &str) -> Result<CopyFromSink> {
     );
     let reader: BoxReader = Box::pin(StreamReader::new(chunks));
     let tracker = tracker(copy);
+    let chunk_size = copy.chunk_size;
     let copy = copy.clone();
     let sql = sql.to_string();
     let task_tracker = tracker.clone();
@@ -279,6 +284,8 @@ pub(super) fn start_sink(copy: &CopyClient, sql: &str) -> Result<CopyFromSink> {
     });
     Ok(CopyFromSink {
         sender: PollSender::new(sender),
+        merged: BytesMut::new(),
+        chunk_size,
         finished,
         task: Some(task),
         tracker,
@@ -286,13 +293,16 @@ pub(super) fn start_sink(copy: &CopyClient, sql: &str) -> Result<CopyFromSink> {
 }
 
 impl CopyFromSink {
-    /// Sends one chunk, waiting while the connection is busy.
+    /// Queues one chunk, waiting while the connection is busy. Small chunks are merged and
+    /// go out once a full chunk has gathered (or on `flush`/`finish`), unlike
+    /// `SinkExt::send`, which flushes after every item.
     pub async fn send(&mut self, chunk: impl Into<Bytes>) -> Result<()> {
-        futures::SinkExt::send(self, chunk.into()).await
+        futures::SinkExt::feed(self, chunk.into()).await
     }
 
     /// Ends the data and waits for the server's outcome. Only now is the COPY committed.
     pub async fn finish(mut self) -> Result<CopyFromOutcome> {
+        futures::SinkExt::flush(&mut self).await?;
         self.finished.store(true, Ordering::SeqCst);
         self.sender.close();
         match self.task.take() {
@@ -329,10 +339,9 @@ impl CopyFromSink {
 
 use std::future::Future;
 
-impl Sink<Bytes> for CopyFromSink {
-    type Error = Error;
-
-    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+impl CopyFromSink {
+    /// Waits for a free slot in the channel to the request.
+    fn poll_slot(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
         if self.task.as_ref().map_or(true, |t| t.is_finished()) {
             return self.poll_task_error(cx).map(Err);
         }
@@ -343,20 +352,44 @@ impl Sink<Bytes> for CopyFromSink {
         }
     }
 
-    fn start_send(mut self: Pin<&mut Self>, item: Bytes) -> Result<()> {
-        if item.is_empty() {
-            // An empty chunk would read as the end of the data downstream.
-            self.sender.abort_send();
-            return Ok(());
+    /// Sends merged bytes in pieces of the chunk size while there are `at_least` of them
+    /// (1: everything).
+    fn poll_send_merged(&mut self, cx: &mut Context<'_>, at_least: usize) -> Poll<Result<()>> {
+        while !self.merged.is_empty() && self.merged.len() >= at_least {
+            ready!(self.poll_slot(cx))?;
+            let n = self.merged.len().min(self.chunk_size);
+            let chunk = self.merged.split_to(n).freeze();
+            self.sender.send_item(chunk).map_err(|_| Error::aborted())?;
         }
-        self.sender.send_item(item).map_err(|_| Error::aborted())
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<()>> {
         Poll::Ready(Ok(()))
     }
+}
 
-    fn poll_close(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<()>> {
+impl Sink<Bytes> for CopyFromSink {
+    type Error = Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let full = self.chunk_size;
+        ready!(self.poll_send_merged(cx, full))?;
+        // A slot is held for the next item, which may pass through unmerged.
+        self.poll_slot(cx)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: Bytes) -> Result<()> {
+        if self.merged.is_empty() && item.len() >= self.chunk_size {
+            return self.sender.send_item(item).map_err(|_| Error::aborted());
+        }
+        self.sender.abort_send();
+        self.merged.extend_from_slice(&item);
+        Ok(())
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        self.poll_send_merged(cx, 1)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        ready!(self.poll_send_merged(cx, 1))?;
         // Closing is the end of the data, as `finish` says it (`forward` and `send_all`
         // close their sink when the stream ends); `finish` then gives the outcome.
         self.finished.store(true, Ordering::SeqCst);

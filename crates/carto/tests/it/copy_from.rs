@@ -258,3 +258,35 @@ async fn a_row_that_cannot_be_encoded_aborts_the_upload() {
     assert!(backends_gone(&server, &user, "COPY t").await);
     assert_eq!(count(&server, &user, "t").await, 0);
 }
+
+#[tokio::test]
+async fn small_sends_are_merged_into_chunks() {
+    let (server, user, client) = setup().await;
+    with_table(&client).await;
+    let reports = Arc::new(AtomicU64::new(0));
+    let r = reports.clone();
+    let copy = client
+        .copy()
+        .without_compression()
+        .with_chunk_size(16 * 1024)
+        .with_progress(Progress::new(move |p| {
+            if !p.finished {
+                r.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    let mut sink = copy.copy_from("COPY t FROM STDIN").await.unwrap();
+    let mut total = 0;
+    for i in 0..10_000 {
+        let row = format!("{i}\tname {i}\n");
+        total += row.len();
+        sink.send(row).await.unwrap();
+    }
+    assert_eq!(sink.finish().await.unwrap().total_rows, 10_000);
+    assert_eq!(count(&server, &user, "t").await, 10_000);
+    // One progress report per body chunk: ~total / 16 KiB of them, not one per send.
+    let chunks = reports.load(Ordering::SeqCst);
+    assert!(
+        chunks <= (total / (16 * 1024) + 2) as u64,
+        "{chunks} chunks for {total} bytes"
+    );
+}
