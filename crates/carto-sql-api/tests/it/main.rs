@@ -1,6 +1,7 @@
 //! Integration tests: a real embedded PostgreSQL cluster and the server on real HTTP.
 
 mod accounts;
+mod cartodb;
 mod cli;
 mod copy_from;
 mod copy_to;
