@@ -78,6 +78,17 @@ async fn access_errors() {
     assert_eq!(error.status(), Some(403), "{error}");
     assert!(error.is_access_denied());
     assert!(error.messages()[0].contains("permission denied"));
+
+    let error = client
+        .copy()
+        .copy_from_reader(
+            "COPY pg_class FROM STDIN",
+            std::io::Cursor::new(b"1\n".to_vec()),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.status(), Some(403), "{error}");
+    assert!(error.messages()[0].contains("permission denied"));
 }
 
 #[tokio::test]
