@@ -1,0 +1,273 @@
+//! Rust values as rows of PostgreSQL's COPY text format, for
+//! [`CopyClient::copy_from_rows`](crate::CopyClient::copy_from_rows).
+//!
+//! A row is any `Serialize` value:
+//! * a struct or map: each column takes the member of the same name (absent → NULL);
+//! * a tuple, array or `Vec`: columns in order;
+//! * anything else: the one column.
+//!
+//! Values: `None`/`()` → NULL (`\N`); `bool` → `t`/`f`; numbers as written; strings with
+//! backslash, tab, newline and carriage return escaped (`\\`, `\t`, `\n`, `\r`), other
+//! characters (all of Unicode) as they are; a nested list or object → its JSON text (for
+//! `json`/`jsonb` columns); [`Geometry`] and [`Point`] → EWKT (`SRID=4326;POINT(1 2)`), which
+//! PostGIS reads into a `geometry` column. Strings may not contain NUL (`\0`), which
+//! PostgreSQL text cannot hold; non-finite floats become NULL (serde_json has no NaN).
+
+use std::fmt::Write as _;
+
+use bytes::BytesMut;
+use serde::{Serialize, Serializer};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// SRID of WGS 84 longitude/latitude, CARTO's `the_geom`.
+pub const WGS84: i32 = 4326;
+
+/// Encodes rows for one COPY: the column names decide how a struct's members are picked.
+#[derive(Debug, Clone)]
+pub struct RowEncoder {
+    columns: Vec<String>,
+}
+
+impl RowEncoder {
+    /// An encoder for rows of `columns`, in that order.
+    pub fn new(columns: Vec<String>) -> Self {
+        RowEncoder { columns }
+    }
+
+    /// Appends `row` as one line of COPY text to `out`.
+    pub fn encode<T: Serialize + ?Sized>(&mut self, row: &T, out: &mut BytesMut) -> Result<()> {
+        let value = serde_json::to_value(row)
+            .map_err(|e| Error::encode(format!("cannot serialize the row: {e}")))?;
+        let start = out.len();
+        let outcome = self.encode_value(&value, out);
+        if outcome.is_err() {
+            out.truncate(start);
+        }
+        outcome
+    }
+
+    fn encode_value(&self, value: &Value, out: &mut BytesMut) -> Result<()> {
+        let n = self.columns.len();
+        match value {
+            Value::Object(members) => {
+                for (i, column) in self.columns.iter().enumerate() {
+                    if i > 0 {
+                        out.extend_from_slice(b"\t");
+                    }
+                    write_field(members.get(column).unwrap_or(&Value::Null), out)?;
+                }
+            }
+            Value::Array(items) => {
+                if items.len() != n {
+                    return Err(Error::encode(format!(
+                        "a row has {} values for {n} columns",
+                        items.len()
+                    )));
+                }
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.extend_from_slice(b"\t");
+                    }
+                    write_field(item, out)?;
+                }
+            }
+            scalar => {
+                if n != 1 {
+                    return Err(Error::encode(format!("a row of one value for {n} columns")));
+                }
+                write_field(scalar, out)?;
+            }
+        }
+        out.extend_from_slice(b"\n");
+        Ok(())
+    }
+}
+
+fn write_field(value: &Value, out: &mut BytesMut) -> Result<()> {
+    match value {
+        Value::Null => out.extend_from_slice(b"\\N"),
+        Value::Bool(true) => out.extend_from_slice(b"t"),
+        Value::Bool(false) => out.extend_from_slice(b"f"),
+        Value::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
+        Value::String(s) => escape_into(s, out)?,
+        nested => escape_into(&nested.to_string(), out)?,
+    }
+    Ok(())
+}
+
+/// Appends `text` escaped for COPY's text format.
+pub(crate) fn escape_into(text: &str, out: &mut BytesMut) -> Result<()> {
+    let bytes = text.as_bytes();
+    let mut plain = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escaped: &[u8] = match b {
+            b'\\' => b"\\\\",
+            b'\t' => b"\\t",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            0 => return Err(Error::encode("a string contains NUL (\\0)")),
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[plain..i]);
+        out.extend_from_slice(escaped);
+        plain = i + 1;
+    }
+    out.extend_from_slice(&bytes[plain..]);
+    Ok(())
+}
+
+/// A point with an SRID; serializes as EWKT (`SRID=4326;POINT(x y)`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    /// x (longitude in WGS 84).
+    pub x: f64,
+    /// y (latitude in WGS 84).
+    pub y: f64,
+    /// Spatial reference id.
+    pub srid: i32,
+}
+
+impl Point {
+    /// A WGS 84 point (SRID 4326) at longitude `x`, latitude `y`.
+    pub fn new(x: f64, y: f64) -> Self {
+        Point { x, y, srid: WGS84 }
+    }
+
+    /// The same coordinates in another spatial reference.
+    pub fn with_srid(mut self, srid: i32) -> Self {
+        self.srid = srid;
+        self
+    }
+}
+
+impl Serialize for Point {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&Geometry::from(*self).ewkt)
+    }
+}
+
+/// A geometry as EWKT, for a PostGIS `geometry` column. Serializes as its EWKT text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Geometry {
+    ewkt: String,
+}
+
+impl Geometry {
+    /// A line through `points` (x, y) in `srid`.
+    pub fn line_string(points: &[(f64, f64)], srid: i32) -> Self {
+        Geometry {
+            ewkt: format!("SRID={srid};LINESTRING({})", coordinates(points)),
+        }
+    }
+
+    /// A polygon of `rings` (the first the outer boundary, each closed) in `srid`.
+    pub fn polygon(rings: &[Vec<(f64, f64)>], srid: i32) -> Self {
+        let rings: Vec<String> = rings
+            .iter()
+            .map(|ring| format!("({})", coordinates(ring)))
+            .collect();
+        Geometry {
+            ewkt: format!("SRID={srid};POLYGON({})", rings.join(",")),
+        }
+    }
+
+    /// Any geometry written as EWKT or WKT by the caller (passed on as it is).
+    pub fn from_ewkt(ewkt: impl Into<String>) -> Self {
+        Geometry { ewkt: ewkt.into() }
+    }
+
+    /// The EWKT text.
+    pub fn as_ewkt(&self) -> &str {
+        &self.ewkt
+    }
+}
+
+fn coordinates(points: &[(f64, f64)]) -> String {
+    let mut text = String::new();
+    for (i, (x, y)) in points.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        // `{}` prints the shortest text that reads back as the same f64.
+        let _ = write!(text, "{x} {y}");
+    }
+    text
+}
+
+impl From<Point> for Geometry {
+    fn from(p: Point) -> Self {
+        Geometry {
+            ewkt: format!("SRID={};POINT({} {})", p.srid, p.x, p.y),
+        }
+    }
+}
+
+impl Serialize for Geometry {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.ewkt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode<T: Serialize>(columns: &[&str], row: &T) -> Result<String> {
+        let mut out = BytesMut::new();
+        RowEncoder::new(columns.iter().map(|c| c.to_string()).collect()).encode(row, &mut out)?;
+        Ok(String::from_utf8(out.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn escapes_what_copy_text_needs() {
+        let row = ("a\tb\nc\rd\\e 'q' \"dq\" ñ 🌍", None::<String>, true, 1.5);
+        assert_eq!(
+            encode(&["s", "n", "b", "f"], &row).unwrap(),
+            "a\\tb\\nc\\rd\\\\e 'q' \"dq\" ñ 🌍\t\\N\tt\t1.5\n"
+        );
+        // A backslash before a period would otherwise read as the end-of-data marker.
+        assert_eq!(encode(&["s"], &"\\.").unwrap(), "\\\\.\n");
+        assert!(encode(&["s"], &"nul\0").is_err());
+    }
+
+    #[test]
+    fn structs_pick_columns_by_name() {
+        #[derive(Serialize)]
+        struct Row {
+            name: &'static str,
+            id: i64,
+            geom: Point,
+            tags: Vec<&'static str>,
+        }
+        let row = Row {
+            name: "x",
+            id: 7,
+            geom: Point::new(-3.5, 40.25),
+            tags: vec!["a", "b"],
+        };
+        assert_eq!(
+            encode(&["id", "geom", "name", "tags", "missing"], &row).unwrap(),
+            "7\tSRID=4326;POINT(-3.5 40.25)\tx\t[\"a\",\"b\"]\t\\N\n"
+        );
+    }
+
+    #[test]
+    fn geometries_are_ewkt() {
+        assert_eq!(
+            Geometry::line_string(&[(0.0, 0.0), (1.0, 1.5)], 3857).as_ewkt(),
+            "SRID=3857;LINESTRING(0 0,1 1.5)"
+        );
+        assert_eq!(
+            Geometry::polygon(&[vec![(0., 0.), (1., 0.), (1., 1.), (0., 0.)]], 4326).as_ewkt(),
+            "SRID=4326;POLYGON((0 0,1 0,1 1,0 0))"
+        );
+    }
+
+    #[test]
+    fn column_count_must_match() {
+        assert!(encode(&["a", "b"], &(1, 2, 3)).is_err());
+        assert!(encode(&["a", "b"], &1).is_err());
+    }
+}
