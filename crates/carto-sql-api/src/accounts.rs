@@ -101,6 +101,11 @@ impl Accounts {
         Ok(Accounts { admin, meta })
     }
 
+    /// The metadata database's pool (for the modules that keep their own tables there).
+    pub(crate) fn meta(&self) -> &deadpool_postgres::Pool {
+        &self.meta
+    }
+
     /// The superuser settings (host, port, user, password; database `postgres`).
     pub fn admin_config(&self) -> &tokio_postgres::Config {
         &self.admin

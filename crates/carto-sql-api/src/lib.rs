@@ -24,6 +24,7 @@ pub mod copy;
 pub mod db;
 pub mod embedded;
 pub mod error;
+pub mod limits;
 pub mod query;
 mod routes;
 pub mod sql_text;
@@ -48,6 +49,8 @@ pub struct Config {
     pub copy_timeout: String,
     /// Connections per (database, role) pool. Default 16.
     pub pool_size: usize,
+    /// Server-wide rate limits per endpoint group (users may have their own). Default: none.
+    pub rate_limits: limits::RateLimits,
 }
 
 impl Default for Config {
@@ -57,6 +60,7 @@ impl Default for Config {
             max_post_size_label: "2 GB".into(),
             copy_timeout: "5h".into(),
             pool_size: 16,
+            rate_limits: limits::RateLimits::none(),
         }
     }
 }
@@ -67,6 +71,7 @@ pub struct AppState {
     accounts: Accounts,
     pools: Pools,
     config: Arc<Config>,
+    limiter: limits::RateLimiter,
 }
 
 /// A server bound to a PostgreSQL cluster, ready to hand out its router.
@@ -81,13 +86,21 @@ impl Server {
     pub async fn open(admin: tokio_postgres::Config, config: Config) -> Result<Self> {
         let accounts = Accounts::open(admin.clone()).await?;
         let pools = Pools::new(&admin, config.pool_size);
+        migrate(accounts.meta(), &[limits::SCHEMA]).await?;
+        let limiter = limits::RateLimiter::new(accounts.meta().clone(), config.rate_limits.clone());
         Ok(Server {
             state: AppState {
                 accounts,
                 pools,
                 config: Arc::new(config),
+                limiter,
             },
         })
+    }
+
+    /// Rate limits: per-user overrides and checks.
+    pub fn limits(&self) -> &limits::RateLimiter {
+        &self.state.limiter
     }
 
     /// Users and keys.
@@ -99,4 +112,19 @@ impl Server {
     pub fn router(&self) -> axum::Router {
         routes::router(self.state.clone())
     }
+}
+
+/// Creates the metadata tables that later features added (each statement `IF NOT EXISTS`), in
+/// one transaction under an advisory lock so that servers starting together do not race.
+async fn migrate(meta: &deadpool_postgres::Pool, schemas: &[&str]) -> Result<()> {
+    let mut client = meta.get().await?;
+    let tx = client.transaction().await?;
+    const MIGRATION_LOCK: i64 = 0x6361_7274_6f6d_6967; // "cartomig"
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    for schema in schemas {
+        tx.batch_execute(schema).await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }

@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use anyhow::{Context, Result};
 use carto_sql_api::embedded::{EmbeddedCluster, EmbeddedOptions};
+use carto_sql_api::limits::{Group, GroupRate};
 use carto_sql_api::{Config, Server};
 use clap::{Parser, Subcommand};
 
@@ -51,6 +52,11 @@ enum Command {
         /// Base URL printed for users (default: from --listen).
         #[arg(long)]
         public_url: Option<String>,
+        /// Rate limit of an endpoint group for every user without their own, as
+        /// GROUP=BURST/COUNT/PERIOD (groups: query, copy_from, copy_to, job_create, job_get,
+        /// job_delete; period in seconds or with ms/s/m/h). Repeatable. Default: no limits.
+        #[arg(long = "rate-limit", value_name = "GROUP=BURST/COUNT/PERIOD")]
+        rate_limits: Vec<GroupRate>,
     },
     /// Manage users.
     User {
@@ -74,6 +80,18 @@ enum UserCommand {
         /// Base URL of the server, for the printed `base_url`.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         server_url: String,
+    },
+    /// Show or change a user's own limits (they win over the server's defaults); prints them
+    /// as JSON.
+    Limits {
+        /// User name.
+        name: String,
+        /// Set the user's rate limit of a group, GROUP=BURST/COUNT/PERIOD. Repeatable.
+        #[arg(long = "rate-limit", value_name = "GROUP=BURST/COUNT/PERIOD")]
+        rate_limits: Vec<GroupRate>,
+        /// Remove the user's own rate limit of a group (the server's default applies again).
+        #[arg(long = "clear-rate-limit", value_name = "GROUP")]
+        clear: Vec<Group>,
     },
 }
 
@@ -132,6 +150,7 @@ async fn run_command(command: Command, admin: tokio_postgres::Config) -> Result<
             copy_timeout,
             pool_size,
             public_url,
+            rate_limits,
         } => {
             let config = Config {
                 max_post_size,
@@ -142,6 +161,7 @@ async fn run_command(command: Command, admin: tokio_postgres::Config) -> Result<
                 },
                 copy_timeout,
                 pool_size,
+                rate_limits: rate_limits.into_iter().collect(),
             };
             let server = Server::open(admin, config).await?;
             let listener = tokio::net::TcpListener::bind(listen)
@@ -178,6 +198,37 @@ async fn run_command(command: Command, admin: tokio_postgres::Config) -> Result<
                 api_key: key,
             };
             println!("{}", serde_json::to_string(&new_user)?);
+            Ok(())
+        }
+        Command::User {
+            command:
+                UserCommand::Limits {
+                    name,
+                    rate_limits,
+                    clear,
+                },
+        } => {
+            let server = Server::open(admin, Config::default()).await?;
+            if server.accounts().user(&name).await?.is_none() {
+                anyhow::bail!("user '{name}' does not exist");
+            }
+            let limits = server.limits();
+            for group in clear {
+                limits.set_user_rate(&name, group, None).await?;
+            }
+            for GroupRate { group, rate } in rate_limits {
+                limits.set_user_rate(&name, group, Some(rate)).await?;
+            }
+            let rates: serde_json::Map<String, serde_json::Value> = limits
+                .user_rates(&name)
+                .await?
+                .into_iter()
+                .map(|g| (g.group.to_string(), g.rate.to_string().into()))
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({ "username": name, "rate_limits": rates })
+            );
             Ok(())
         }
     }

@@ -4,5 +4,6 @@ mod accounts;
 mod cli;
 mod copy_from;
 mod copy_to;
+mod limits;
 mod sql;
 mod support;
