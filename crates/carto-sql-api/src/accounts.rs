@@ -14,6 +14,10 @@ use sha2::{Digest, Sha256};
 
 use crate::db::{connect, quote_ident, quote_literal, RoleLogin};
 
+mod keys;
+pub(crate) use keys::SCHEMA as KEYS_SCHEMA;
+pub use keys::{Grant, KeyInfo, NewKey, TABLE_PRIVILEGES};
+
 /// Name of the metadata database.
 pub const META_DB: &str = "carto_meta";
 /// Template every user database is created from (PostGIS and CARTO helpers installed once).

@@ -86,7 +86,7 @@ impl Server {
     pub async fn open(admin: tokio_postgres::Config, config: Config) -> Result<Self> {
         let accounts = Accounts::open(admin.clone()).await?;
         let pools = Pools::new(&admin, config.pool_size);
-        migrate(accounts.meta(), &[limits::SCHEMA]).await?;
+        migrate(accounts.meta(), &[accounts::KEYS_SCHEMA, limits::SCHEMA]).await?;
         let limiter = limits::RateLimiter::new(accounts.meta().clone(), config.rate_limits.clone());
         Ok(Server {
             state: AppState {

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::str::FromStr;
 
 use anyhow::{Context, Result};
+use carto_sql_api::accounts::Grant;
 use carto_sql_api::embedded::{EmbeddedCluster, EmbeddedOptions};
 use carto_sql_api::limits::{Group, GroupRate};
 use carto_sql_api::{Config, Server};
@@ -62,6 +63,43 @@ enum Command {
     User {
         #[command(subcommand)]
         command: UserCommand,
+    },
+    /// Manage a user's regular API keys (one PostgreSQL role each, holding exactly its grants).
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Create a regular key and print it as JSON (the token is shown only this once).
+    Add {
+        /// The user.
+        user: String,
+        /// Privileges on a table, TABLE:PRIV[,PRIV...] with TABLE or SCHEMA.TABLE and PRIV in
+        /// select, insert, update, delete, truncate, references, trigger. Repeatable; none
+        /// gives a key that can connect but read nothing.
+        #[arg(long = "grant", value_name = "TABLE:PRIVILEGES")]
+        grants: Vec<Grant>,
+        /// The key's name (default: generated).
+        #[arg(long)]
+        name: Option<String>,
+        /// The token (default: a random one).
+        #[arg(long)]
+        api_key: Option<String>,
+    },
+    /// List a user's keys as JSON (names, roles, grants; never tokens).
+    List {
+        /// The user.
+        user: String,
+    },
+    /// Delete a regular key, by name or token; it stops working at once.
+    Delete {
+        /// The user.
+        user: String,
+        /// The key's name or token.
+        key: String,
     },
 }
 
@@ -200,6 +238,7 @@ async fn run_command(command: Command, admin: tokio_postgres::Config) -> Result<
             println!("{}", serde_json::to_string(&new_user)?);
             Ok(())
         }
+        Command::Key { command } => run_key_command(command, admin).await,
         Command::User {
             command:
                 UserCommand::Limits {
@@ -232,6 +271,35 @@ async fn run_command(command: Command, admin: tokio_postgres::Config) -> Result<
             Ok(())
         }
     }
+}
+
+async fn run_key_command(command: KeyCommand, admin: tokio_postgres::Config) -> Result<()> {
+    let server = Server::open(admin, Config::default()).await?;
+    let accounts = server.accounts();
+    match command {
+        KeyCommand::Add {
+            user,
+            grants,
+            name,
+            api_key,
+        } => {
+            let key = accounts
+                .create_key(&user, name.as_deref(), api_key.as_deref(), &grants)
+                .await?;
+            println!("{}", serde_json::to_string(&key)?);
+        }
+        KeyCommand::List { user } => {
+            println!("{}", serde_json::to_string(&accounts.keys(&user).await?)?);
+        }
+        KeyCommand::Delete { user, key } => {
+            accounts.delete_key(&user, &key).await?;
+            println!(
+                "{}",
+                serde_json::json!({ "username": user, "deleted": key })
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {
