@@ -12,6 +12,7 @@
 //! let cluster = EmbeddedCluster::start(&EmbeddedOptions::new("./.carto-data")).await?;
 //! let server = Server::open(cluster.superuser_config(), Config::default()).await?;
 //! let key = server.accounts().create_user("alice", None).await?;
+//! server.jobs().start_workers();
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! axum::serve(listener, server.router()).await?;
 //! # Ok(()) }
@@ -24,6 +25,7 @@ pub mod copy;
 pub mod db;
 pub mod embedded;
 pub mod error;
+pub mod jobs;
 pub mod limits;
 pub mod query;
 mod routes;
@@ -51,6 +53,8 @@ pub struct Config {
     pub pool_size: usize,
     /// Server-wide rate limits per endpoint group (users may have their own). Default: none.
     pub rate_limits: limits::RateLimits,
+    /// Batch jobs: queue limit, timeouts, workers.
+    pub batch: jobs::BatchConfig,
 }
 
 impl Default for Config {
@@ -61,6 +65,7 @@ impl Default for Config {
             copy_timeout: "5h".into(),
             pool_size: 16,
             rate_limits: limits::RateLimits::none(),
+            batch: jobs::BatchConfig::default(),
         }
     }
 }
@@ -72,6 +77,7 @@ pub struct AppState {
     pools: Pools,
     config: Arc<Config>,
     limiter: limits::RateLimiter,
+    jobs: jobs::Jobs,
 }
 
 /// A server bound to a PostgreSQL cluster, ready to hand out its router.
@@ -86,16 +92,28 @@ impl Server {
     pub async fn open(admin: tokio_postgres::Config, config: Config) -> Result<Self> {
         let accounts = Accounts::open(admin.clone()).await?;
         let pools = Pools::new(&admin, config.pool_size);
-        migrate(accounts.meta(), &[accounts::KEYS_SCHEMA, limits::SCHEMA]).await?;
+        migrate(
+            accounts.meta(),
+            &[accounts::KEYS_SCHEMA, limits::SCHEMA, jobs::SCHEMA],
+        )
+        .await?;
         let limiter = limits::RateLimiter::new(accounts.meta().clone(), config.rate_limits.clone());
+        let jobs = jobs::Jobs::new(accounts.meta().clone(), admin, config.batch.clone());
         Ok(Server {
             state: AppState {
                 accounts,
                 pools,
                 config: Arc::new(config),
                 limiter,
+                jobs,
             },
         })
+    }
+
+    /// Batch jobs. A server runs them only after [`Jobs::start_workers`](jobs::Jobs::start_workers)
+    /// (`serve` does; account commands do not).
+    pub fn jobs(&self) -> &jobs::Jobs {
+        &self.state.jobs
     }
 
     /// Rate limits: per-user overrides and checks.

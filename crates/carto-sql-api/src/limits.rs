@@ -37,11 +37,11 @@ pub enum Group {
     CopyFrom,
     /// `/sql/copyto`.
     CopyTo,
-    /// `POST /sql/job`.
+    /// `POST /sql/job` (and `PUT /sql/job/{id}`, which submits a query too).
     JobCreate,
     /// `GET /sql/job/{id}`.
     JobGet,
-    /// `DELETE /sql/job/{id}` (and `PUT`, which changes a job too).
+    /// `DELETE /sql/job/{id}`.
     JobDelete,
 }
 

@@ -4,10 +4,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use carto_sql_api::accounts::Grant;
 use carto_sql_api::embedded::{EmbeddedCluster, EmbeddedOptions};
+use carto_sql_api::jobs::BatchConfig;
 use carto_sql_api::limits::{Group, GroupRate};
 use carto_sql_api::{Config, Server};
 use clap::{Parser, Subcommand};
@@ -58,6 +60,15 @@ enum Command {
         /// job_delete; period in seconds or with ms/s/m/h). Repeatable. Default: no limits.
         #[arg(long = "rate-limit", value_name = "GROUP=BURST/COUNT/PERIOD")]
         rate_limits: Vec<GroupRate>,
+        /// Batch jobs a user may have waiting.
+        #[arg(long, default_value_t = BatchConfig::default().max_queued_jobs)]
+        batch_max_queued_jobs: usize,
+        /// Longest a batch query may run, in milliseconds, for users without their own limit.
+        #[arg(long, default_value_t = BatchConfig::default().query_timeout.as_millis() as u64)]
+        batch_query_timeout_ms: u64,
+        /// Users whose batch jobs this server runs at once (0: run none, only queue them).
+        #[arg(long, default_value_t = BatchConfig::default().workers)]
+        batch_workers: usize,
     },
     /// Manage users.
     User {
@@ -130,6 +141,12 @@ enum UserCommand {
         /// Remove the user's own rate limit of a group (the server's default applies again).
         #[arg(long = "clear-rate-limit", value_name = "GROUP")]
         clear: Vec<Group>,
+        /// Set the user's batch query timeout, in milliseconds.
+        #[arg(long, value_name = "MS")]
+        batch_timeout: Option<u64>,
+        /// Remove the user's own batch query timeout (the server's applies again).
+        #[arg(long)]
+        clear_batch_timeout: bool,
     },
 }
 
@@ -189,6 +206,9 @@ async fn run_command(command: Command, admin: tokio_postgres::Config) -> Result<
             pool_size,
             public_url,
             rate_limits,
+            batch_max_queued_jobs,
+            batch_query_timeout_ms,
+            batch_workers,
         } => {
             let config = Config {
                 max_post_size,
@@ -200,6 +220,12 @@ async fn run_command(command: Command, admin: tokio_postgres::Config) -> Result<
                 copy_timeout,
                 pool_size,
                 rate_limits: rate_limits.into_iter().collect(),
+                batch: BatchConfig {
+                    max_queued_jobs: batch_max_queued_jobs,
+                    query_timeout: Duration::from_millis(batch_query_timeout_ms),
+                    workers: batch_workers,
+                    ..BatchConfig::default()
+                },
             };
             let server = Server::open(admin, config).await?;
             let listener = tokio::net::TcpListener::bind(listen)
@@ -207,10 +233,14 @@ async fn run_command(command: Command, admin: tokio_postgres::Config) -> Result<
                 .with_context(|| format!("listening on {listen}"))?;
             let url = public_url.unwrap_or_else(|| format!("http://{listen}"));
             tracing::info!(%url, "carto-sql-api listening");
-            axum::serve(listener, server.router())
+            server.jobs().start_workers();
+            let served = axum::serve(listener, server.router())
                 .with_graceful_shutdown(shutdown_signal())
-                .await?;
+                .await;
             tracing::info!("shutting down");
+            // Running batch queries are cancelled and their jobs re-queued for another server.
+            server.jobs().shutdown().await;
+            served?;
             Ok(())
         }
         Command::User {
@@ -245,6 +275,8 @@ async fn run_command(command: Command, admin: tokio_postgres::Config) -> Result<
                     name,
                     rate_limits,
                     clear,
+                    batch_timeout,
+                    clear_batch_timeout,
                 },
         } => {
             let server = Server::open(admin, Config::default()).await?;
@@ -258,6 +290,20 @@ async fn run_command(command: Command, admin: tokio_postgres::Config) -> Result<
             for GroupRate { group, rate } in rate_limits {
                 limits.set_user_rate(&name, group, Some(rate)).await?;
             }
+            if clear_batch_timeout {
+                server.jobs().set_user_timeout(&name, None).await?;
+            }
+            if let Some(ms) = batch_timeout {
+                server
+                    .jobs()
+                    .set_user_timeout(&name, Some(Duration::from_millis(ms)))
+                    .await?;
+            }
+            let batch_timeout_ms = server
+                .jobs()
+                .user_timeout(&name)
+                .await?
+                .map(|t| t.as_millis() as u64);
             let rates: serde_json::Map<String, serde_json::Value> = limits
                 .user_rates(&name)
                 .await?
@@ -266,7 +312,11 @@ async fn run_command(command: Command, admin: tokio_postgres::Config) -> Result<
                 .collect();
             println!(
                 "{}",
-                serde_json::json!({ "username": name, "rate_limits": rates })
+                serde_json::json!({
+                    "username": name,
+                    "rate_limits": rates,
+                    "batch_timeout_ms": batch_timeout_ms,
+                })
             );
             Ok(())
         }

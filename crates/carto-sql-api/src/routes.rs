@@ -18,6 +18,7 @@ use crate::auth::{form_urlencoded_pairs, Addressed};
 use crate::copy::statement::{self, Direction};
 use crate::copy::{self as copy_streams, UploadLimits};
 use crate::error::ApiError;
+use crate::jobs;
 use crate::limits::{self, Group};
 use crate::query;
 use crate::AppState;
@@ -46,6 +47,13 @@ pub fn router(state: AppState) -> Router {
         .merge(route("/sql", get(sql).post(sql)).route_layer(limited(Group::Query)))
         .merge(route("/sql/copyfrom", post(copy_from)).route_layer(limited(Group::CopyFrom)))
         .merge(route("/sql/copyto", copyto).route_layer(limited(Group::CopyTo)))
+        .merge(route("/sql/job", post(jobs::http::create)))
+        .merge(route(
+            "/sql/job/{id}",
+            get(jobs::http::read)
+                .delete(jobs::http::cancel)
+                .put(jobs::http::update),
+        ))
         .merge(route("/version", get(version)))
         .merge(route("/health", get(health)));
     Router::new()

@@ -4,6 +4,7 @@ mod accounts;
 mod cli;
 mod copy_from;
 mod copy_to;
+mod jobs;
 mod keys;
 mod limits;
 mod sql;
