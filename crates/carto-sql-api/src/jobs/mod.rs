@@ -12,6 +12,7 @@ pub(crate) mod http;
 pub mod model;
 mod worker;
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -151,20 +152,48 @@ impl JobRow {
 
     /// Resets what was running to pending, for a job that goes back to its queue.
     pub fn requeue(&mut self) {
+        self.recover(&HashSet::new());
+    }
+
+    /// Puts a job whose server stopped back in the queue: each step that was running is done
+    /// if its commit marker (`steps`, see [`worker`]) says it committed, else pending again.
+    pub fn recover(&mut self, steps: &HashSet<String>) {
+        if self.kind == Kind::Simple {
+            self.status = if steps.contains(worker::SIMPLE_STEP) {
+                Status::Done
+            } else {
+                Status::Pending
+            };
+            return;
+        }
         self.status = Status::Pending;
+        let committed = |step: String| steps.contains(&step);
         if self.fallback_status == Some(Status::Running) {
-            self.fallback_status = Some(Status::Pending);
+            self.fallback_status = Some(if committed(worker::JOB_FALLBACK_STEP.into()) {
+                Status::Done
+            } else {
+                Status::Pending
+            });
         }
         if let Some(entries) = entries_mut(self.kind, &mut self.query) {
-            for entry in entries {
+            for (i, entry) in entries.iter_mut().enumerate() {
                 if status_of(entry, "status") == Some(Status::Running) {
-                    set(entry, "status", Status::Pending.as_str());
-                    if let Value::Object(map) = entry {
-                        map.remove("started_at");
+                    if committed(worker::query_step(i)) {
+                        set(entry, "status", Status::Done.as_str());
+                    } else {
+                        set(entry, "status", Status::Pending.as_str());
+                        if let Value::Object(map) = entry {
+                            map.remove("started_at");
+                        }
                     }
                 }
                 if status_of(entry, "fallback_status") == Some(Status::Running) {
-                    set(entry, "fallback_status", Status::Pending.as_str());
+                    let status = if committed(worker::fallback_step(i)) {
+                        Status::Done
+                    } else {
+                        Status::Pending
+                    };
+                    set(entry, "fallback_status", status.as_str());
                 }
             }
         }

@@ -1,10 +1,17 @@
 //! The workers: a dispatcher per server picks users with pending jobs, a worker per user runs
 //! one job, a sweeper re-queues jobs whose server died.
 //!
-//! **Re-queue, not fail, after a crash.** A server that dies mid-query closes its connections,
-//! so PostgreSQL rolls the query back (each query is one implicit transaction unless it commits
-//! itself), and the job's finished queries are recorded as done: running it again from the
-//! interrupted query is what the user asked for, and what upstream does on shutdown. A job
+//! **Re-queue, not fail, after a crash**, without running anything twice. A server can die
+//! between a query's commit and the save of its status, and PostgreSQL may even commit a query
+//! whose client is gone (it notices only when it next reads or writes the socket). So each query
+//! starts with a commit marker in its own transaction:
+//! `/* {job_id} */ INSERT INTO cartodb.cdb_batch_runs VALUES ('{job_id}', '{step}'); {query}`,
+//! which commits if and only if (the first transaction of) the query does. Re-queueing a job
+//! first terminates any backend still running it, then marks each interrupted step done if its
+//! marker exists and pending otherwise, and the job carries on from there: what the user asked
+//! for, and what upstream does on shutdown. Statements that refuse to run inside a transaction
+//! block or a multi-statement string (`VACUUM`, `... CONCURRENTLY`, ...) cannot carry a marker;
+//! they run bare and may run again after a crash (they are idempotent maintenance anyway). A job
 //! re-queued [`BatchConfig::max_restarts`](super::BatchConfig::max_restarts) times is failed
 //! instead, in case it is what kills servers.
 //!
@@ -31,6 +38,44 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// How often finished jobs are looked at for expiry.
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The commit markers of batch steps, in every user database (created on first use, owned by
+/// the superuser; job roles may only insert).
+const MARKERS_SQL: &str = "CREATE TABLE IF NOT EXISTS cartodb.cdb_batch_runs ( \
+        job_id text NOT NULL, step text NOT NULL, \
+        committed_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (job_id, step)); \
+    REVOKE ALL ON cartodb.cdb_batch_runs FROM PUBLIC; \
+    DELETE FROM cartodb.cdb_batch_runs WHERE committed_at < now() - interval '7 days'";
+
+/// Step name of a simple job's query.
+pub(super) const SIMPLE_STEP: &str = "s";
+/// Step name of a fallback job's own `onsuccess`/`onerror`.
+pub(super) const JOB_FALLBACK_STEP: &str = "j";
+/// Step name of the `i`th query of an array or fallback job.
+pub(super) fn query_step(i: usize) -> String {
+    format!("q{i}")
+}
+/// Step name of the fallback of the `i`th query of a fallback job.
+pub(super) fn fallback_step(i: usize) -> String {
+    format!("f{i}")
+}
+
+/// Whether PostgreSQL refuses `sql` inside a transaction block or a multi-statement string, so
+/// that it cannot carry a commit marker.
+fn refuses_transactions(sql: &str) -> bool {
+    let Ok(tokens) = crate::sql_text::tokenize(sql) else {
+        return true;
+    };
+    let words: Vec<_> = tokens.iter().map(|(_, t)| t).collect();
+    let first = |w: &str| words.first().is_some_and(|t| t.is_word(w));
+    let second = |w: &str| words.get(1).is_some_and(|t| t.is_word(w));
+    first("vacuum")
+        || first("cluster")
+        || first("reindex")
+        || (first("alter") && second("system"))
+        || ((first("create") || first("drop")) && (second("database") || second("tablespace")))
+        || words.iter().any(|t| t.is_word("concurrently"))
+}
 
 /// Users with pending jobs and no running one, oldest waiting first.
 const CANDIDATES: &str = "SELECT p.username, (u.id % 2147483647)::int4 \
@@ -249,6 +294,23 @@ async fn run_job(jobs: &Jobs, lock: &OwnedConnection, mut job: JobRow) -> Result
         .password(&password)
         .dbname(&database)
         .application_name("carto-sql-api batch");
+    // The marker table, and the role's right to write it.
+    let mut admin_db = inner.admin.clone();
+    admin_db.dbname(&database);
+    let prepared = async {
+        let admin = crate::db::connect(&admin_db).await?;
+        admin
+            .batch_execute(&format!(
+                "{MARKERS_SQL}; GRANT INSERT ON cartodb.cdb_batch_runs TO {}",
+                crate::db::quote_ident(&job.db_role)
+            ))
+            .await
+    }
+    .await;
+    if let Err(error) = prepared {
+        let reason = format!("Could not prepare the database: {}", message(&error));
+        return fail_whole_job(lock, &mut job, &reason).await;
+    }
     let conn = match OwnedConnection::open(&config).await {
         Ok(conn) => conn,
         Err(error) => {
@@ -449,6 +511,7 @@ impl Run<'_> {
     async fn exec(
         &self,
         job_id: &str,
+        step: &str,
         sql: &str,
         timeout: Duration,
     ) -> Result<Result<(), String>, Interrupt> {
@@ -461,7 +524,15 @@ impl Run<'_> {
         {
             return Ok(Err(message(&error)));
         }
-        let text = format!("/* {job_id} */ {sql}");
+        // Job ids are UUIDs and steps our own names: nothing to escape.
+        let text = if refuses_transactions(sql) {
+            format!("/* {job_id} */ {sql}")
+        } else {
+            format!(
+                "/* {job_id} */ INSERT INTO cartodb.cdb_batch_runs (job_id, step) \
+                 VALUES ('{job_id}', '{step}'); {sql}"
+            )
+        };
         let query = self.conn.client.batch_execute(&text);
         tokio::pin!(query);
         let watch = self.watch(job_id);
@@ -470,8 +541,11 @@ impl Run<'_> {
             result = &mut query => Ok(result.map_err(|e| message(&e))),
             why = &mut watch => {
                 let _ = self.conn.client.cancel_token().cancel_query(NoTls).await;
-                let _ = query.await;
-                Err(why)
+                // The query may have finished before the cancel reached it: then it counts.
+                match query.await {
+                    Ok(()) if why == Interrupt::Shutdown => Ok(Ok(())),
+                    _ => Err(why),
+                }
             }
         }
     }
@@ -501,7 +575,10 @@ impl Run<'_> {
 
     async fn simple(&self, job: &mut JobRow) -> Result<(), Interrupt> {
         let sql = job.query.as_str().unwrap_or_default().to_string();
-        match self.exec(&job.id, &sql, self.user_timeout).await? {
+        match self
+            .exec(&job.id, SIMPLE_STEP, &sql, self.user_timeout)
+            .await?
+        {
             Ok(()) => job.status = Status::Done,
             Err(reason) => {
                 job.status = Status::Failed;
@@ -528,7 +605,10 @@ impl Run<'_> {
             let sql = entry_text(job, i, "query").unwrap_or_default();
             with_entry(job, i, |e| set(e, "status", Status::Running.as_str()));
             save_running(self.lock, job).await?;
-            match self.exec(&job.id, &sql, self.user_timeout).await? {
+            match self
+                .exec(&job.id, &query_step(i), &sql, self.user_timeout)
+                .await?
+            {
                 Ok(()) => {
                     with_entry(job, i, |e| set(e, "status", Status::Done.as_str()));
                     if i + 1 >= entries.len() {
@@ -586,7 +666,7 @@ impl Run<'_> {
                         set(e, "started_at", now_text());
                     });
                     save_running(self.lock, job).await?;
-                    let outcome = self.exec(&job.id, &sql, timeout).await?;
+                    let outcome = self.exec(&job.id, &query_step(i), &sql, timeout).await?;
                     with_entry(job, i, |e| {
                         set(e, "ended_at", now_text());
                         match &outcome {
@@ -607,7 +687,9 @@ impl Run<'_> {
                         set(e, "fallback_status", Status::Running.as_str())
                     });
                     save_running(self.lock, job).await?;
-                    let outcome = self.exec(&job.id, &sql, self.user_timeout).await?;
+                    let outcome = self
+                        .exec(&job.id, &fallback_step(i), &sql, self.user_timeout)
+                        .await?;
                     let status = if outcome.is_ok() {
                         Status::Done
                     } else {
@@ -619,7 +701,9 @@ impl Run<'_> {
                 Step::JobFallback(sql) => {
                     job.fallback_status = Some(Status::Running);
                     save_running(self.lock, job).await?;
-                    let outcome = self.exec(&job.id, &sql, self.user_timeout).await?;
+                    let outcome = self
+                        .exec(&job.id, JOB_FALLBACK_STEP, &sql, self.user_timeout)
+                        .await?;
                     job.fallback_status = Some(if outcome.is_ok() {
                         Status::Done
                     } else {
@@ -637,20 +721,23 @@ impl Run<'_> {
 }
 
 /// Re-queues running jobs whose user nobody holds: their server died. Taking the user's lock
-/// (for the transaction only) proves no worker anywhere has it.
+/// (for the transaction only) proves no worker anywhere has it; backends still running the job
+/// are terminated before its commit markers are read.
 async fn sweep(inner: &Inner) -> Result<()> {
     let users = inner
         .meta
         .get()
         .await?
         .query(
-            "SELECT DISTINCT j.username, (u.id % 2147483647)::int4 FROM batch_jobs j \
-             JOIN users u ON u.username = j.username WHERE j.status = 'running'",
+            "SELECT DISTINCT j.username, (u.id % 2147483647)::int4, u.database \
+             FROM batch_jobs j JOIN users u ON u.username = j.username \
+             WHERE j.status = 'running'",
             &[],
         )
         .await?;
     for user in users {
-        let (username, lock_id): (String, i32) = (user.get(0), user.get(1));
+        let (username, lock_id, database): (String, i32, String) =
+            (user.get(0), user.get(1), user.get(2));
         let mut client = inner.meta.get().await?;
         let tx = client.transaction().await?;
         let free: bool = tx
@@ -672,11 +759,18 @@ async fn sweep(inner: &Inner) -> Result<()> {
                 &[&username],
             )
             .await?;
+        let mut admin_db = inner.admin.clone();
+        admin_db.dbname(&database);
+        let user_db = crate::db::connect(&admin_db).await?;
         for row in rows {
             let mut job = JobRow::from_row(&row);
-            job.requeue();
+            let Some(steps) = committed_steps(&user_db, &job.id).await? else {
+                // Its backend is still going: try again at the next sweep.
+                continue;
+            };
+            job.recover(&steps);
             let restarts = job.restarts + 1;
-            if restarts > inner.config.max_restarts {
+            if restarts > inner.config.max_restarts && !is_final(job.status) {
                 job.status = Status::Failed;
                 job.failed_reason = Some(format!(
                     "The server running this job stopped {restarts} times; not trying again"
@@ -705,6 +799,57 @@ async fn sweep(inner: &Inner) -> Result<()> {
         tx.commit().await?;
     }
     Ok(())
+}
+
+fn is_final(status: Status) -> bool {
+    matches!(
+        status,
+        Status::Done | Status::Failed | Status::Cancelled | Status::Unknown
+    )
+}
+
+/// Terminates what still runs job `id` in the user's database and reads the steps whose
+/// markers committed; `None` if a backend would not go away within 5 s.
+async fn committed_steps(
+    user_db: &tokio_postgres::Client,
+    id: &str,
+) -> Result<Option<std::collections::HashSet<String>>> {
+    let prefix = format!("/* {id} */%");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let alive: i64 = user_db
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE query LIKE $1 AND state <> 'idle' AND pid <> pg_backend_pid()",
+                &[&prefix],
+            )
+            .await?
+            .get(0);
+        if alive == 0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exists: bool = user_db
+        .query_one(
+            "SELECT to_regclass('cartodb.cdb_batch_runs') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(Some(Default::default()));
+    }
+    let rows = user_db
+        .query(
+            "SELECT step FROM cartodb.cdb_batch_runs WHERE job_id = $1",
+            &[&id],
+        )
+        .await?;
+    Ok(Some(rows.iter().map(|r| r.get(0)).collect()))
 }
 
 /// Forgets finished jobs older than the TTL.

@@ -572,9 +572,11 @@ async fn put_updates_pending_jobs_only() {
     );
     assert_eq!(job["status"], "pending");
 
+    let gone = created(&server, &user, json!("SELECT 1")).await;
+    cancel(&server, &user, &gone).await;
     let (status, body) = answer(
         http()
-            .put(format!("{}/{blocker}", jobs_url(&server, &user)))
+            .put(format!("{}/{gone}", jobs_url(&server, &user)))
             .json(&json!({"query": "SELECT 2", "api_key": user.api_key})),
     )
     .await;
@@ -582,7 +584,7 @@ async fn put_updates_pending_jobs_only() {
     assert_eq!(
         error_of(&body),
         format!(
-            "Cannot update job {blocker}: its status is running, only pending jobs can be updated"
+            "Cannot update job {gone}: its status is cancelled, only pending jobs can be updated"
         )
     );
     let (status, body) = answer(
@@ -639,12 +641,122 @@ async fn users_run_in_parallel() {
     let server = TestServer::start().await;
     let alice = server.create_user().await;
     let bob = server.create_user().await;
-    let a = occupy(&server, &alice).await;
+    let a = created(&server, &alice, json!("SELECT pg_sleep(60)")).await;
     let b = created(&server, &bob, json!("SELECT pg_sleep(60)")).await;
-    wait_for(&server, &bob, &b, &["running"], Duration::from_secs(20)).await;
-    assert_eq!(job_status(&server, &alice, &a).await, "running");
+    let start = Instant::now();
+    loop {
+        let both = (
+            job_status(&server, &alice, &a).await,
+            job_status(&server, &bob, &b).await,
+        );
+        if both == ("running".into(), "running".into()) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{both:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     cancel(&server, &alice, &a).await;
     cancel(&server, &bob, &b).await;
+}
+
+/// Job endpoints have their rate-limit groups; creation checks the payload size first, then
+/// the limit, then the key.
+#[tokio::test]
+async fn job_endpoints_are_rate_limited() {
+    let rate = |text: &str| text.parse().unwrap();
+    let config = Config {
+        rate_limits: carto_sql_api::limits::RateLimits::none()
+            .with(carto_sql_api::limits::Group::JobCreate, rate("0/1/60"))
+            .with(carto_sql_api::limits::Group::JobGet, rate("5/1/60")),
+        ..Config::default()
+    };
+    let server = TestServer::with_config(config).await;
+    let user = server.create_user().await;
+    let response = http()
+        .post(jobs_url(&server, &user))
+        .json(&json!({"query": "SELECT 1", "api_key": user.api_key}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.headers()["carto-rate-limit-limit"], "1");
+    let id = response.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Too large beats over the limit.
+    let (status, body) = answer(
+        http()
+            .post(jobs_url(&server, &user))
+            .json(&json!({"query": "a".repeat(17000), "api_key": user.api_key})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(error_of(&body).starts_with("Your payload is too large: 17"));
+    // Over the limit beats a bad key.
+    let response = http()
+        .post(jobs_url(&server, &user))
+        .json(&json!({"query": "SELECT 1", "api_key": "wrong"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    // Reading is another group, with its own headers.
+    let response = http()
+        .get(format!("{}/{id}", jobs_url(&server, &user)))
+        .query(&[("api_key", &user.api_key)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["carto-rate-limit-limit"], "6");
+    assert_eq!(response.headers()["carto-rate-limit-remaining"], "5");
+}
+
+/// Finished jobs are forgotten 2 h after they end: a server starting up expires them.
+#[tokio::test]
+async fn finished_jobs_expire() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    let id = created(&server, &user, json!("SELECT 1")).await;
+    finished(&server, &user, &id).await;
+    let mut meta = carto_sql_api::testing::cluster();
+    meta.dbname("carto_meta");
+    let client = carto_sql_api::db::connect(&meta).await.unwrap();
+    client
+        .execute(
+            "UPDATE batch_jobs SET updated_at = updated_at - interval '119 minutes'              WHERE job_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let _second = TestServer::start().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    job(&server, &user, &id).await;
+    client
+        .execute(
+            "UPDATE batch_jobs SET updated_at = updated_at - interval '2 minutes'              WHERE job_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let _third = TestServer::start().await;
+    let start = Instant::now();
+    loop {
+        let (status, body) = answer(
+            http()
+                .get(format!("{}/{id}", jobs_url(&server, &user)))
+                .query(&[("api_key", &user.api_key)]),
+        )
+        .await;
+        if status == 400 {
+            assert_eq!(error_of(&body), format!("Job with id {id} not found"));
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A server that dies mid-job leaves it to the next: re-queued, run again, done.
@@ -693,4 +805,48 @@ async fn shutdown_requeues_running_jobs() {
         assert_eq!(job["query"][1]["status"], "pending", "{job}");
     }
     cancel(&server, &user, &id).await;
+}
+
+/// A server that died after a query committed but before it saved the job: the commit marker
+/// tells the next server the query ran, so it is not run again; without the marker it is.
+#[tokio::test]
+async fn committed_queries_of_a_dead_server_are_not_run_again() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    sql(&server, &user, "CREATE TABLE t (x int)").await;
+    let id = created(
+        &server,
+        &user,
+        json!(["INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (2)"]),
+    )
+    .await;
+    assert_eq!(finished(&server, &user, &id).await["status"], "done");
+    let mut meta = carto_sql_api::testing::cluster();
+    meta.dbname("carto_meta");
+    let meta = carto_sql_api::db::connect(&meta).await.unwrap();
+    // As the dead server left it: the second query running, the job running, no lock held.
+    let rewind_sql = "UPDATE batch_jobs SET status = 'running', \
+         query = jsonb_set(query::jsonb, '{1,status}', '\"running\"')::text WHERE job_id = $1";
+    meta.execute(rewind_sql, &[&id]).await.unwrap();
+    let second = TestServer::start().await;
+    let job = finished(&second, &user, &id).await;
+    assert_eq!(job["status"], "done", "{job}");
+    assert_eq!(job["query"][1]["status"], "done", "{job}");
+    assert_eq!(crate::support::count(&second, &user, "t").await, 2);
+
+    // Without its marker the step counts as not committed and runs again.
+    server
+        .superuser_client(&user)
+        .await
+        .execute(
+            "DELETE FROM cartodb.cdb_batch_runs WHERE job_id = $1 AND step = 'q1'",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    meta.execute(rewind_sql, &[&id]).await.unwrap();
+    let _third = TestServer::start().await;
+    let job = finished(&second, &user, &id).await;
+    assert_eq!(job["status"], "done", "{job}");
+    assert_eq!(crate::support::count(&second, &user, "t").await, 3);
 }

@@ -312,9 +312,25 @@ async fn cli_manages_keys_and_limits() {
     let (ok, limits, stderr) = cli(&["user", "limits", name, "--rate-limit", "query=1/2/3"]);
     assert!(ok, "{stderr}");
     assert_eq!(limits["rate_limits"], json!({"query": "1/2/3s"}));
-    let (ok, limits, _) = cli(&["user", "limits", name, "--clear-rate-limit", "query"]);
+    assert_eq!(limits["batch_timeout_ms"], Value::Null);
+    let (ok, limits, _) = cli(&[
+        "user",
+        "limits",
+        name,
+        "--clear-rate-limit",
+        "query",
+        "--batch-timeout",
+        "100",
+    ]);
     assert!(ok);
     assert_eq!(limits["rate_limits"], json!({}));
+    assert_eq!(limits["batch_timeout_ms"], 100);
+    assert_eq!(
+        server.server().jobs().user_timeout(name).await.unwrap(),
+        Some(std::time::Duration::from_millis(100))
+    );
+    let (_, limits, _) = cli(&["user", "limits", name, "--clear-batch-timeout"]);
+    assert_eq!(limits["batch_timeout_ms"], Value::Null);
     let (ok, _, stderr) = cli(&["user", "limits", "nobody-here"]);
     assert!(!ok);
     assert!(stderr.contains("does not exist"), "{stderr}");
