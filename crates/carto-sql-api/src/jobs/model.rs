@@ -248,6 +248,10 @@ pub fn nested_form(pairs: &[(String, String)]) -> Value {
     arrays_from_indices(root)
 }
 
+/// Nesting deeper than this keeps the rest of the key as one name (as `qs` does past its depth),
+/// so a hostile key cannot recurse the server's stack away.
+const MAX_DEPTH: usize = 8;
+
 fn key_path(key: &str) -> Vec<String> {
     let Some(open) = key.find('[') else {
         return vec![key.to_string()];
@@ -255,6 +259,10 @@ fn key_path(key: &str) -> Vec<String> {
     let mut path = vec![key[..open].to_string()];
     let mut rest = &key[open..];
     while let Some(stripped) = rest.strip_prefix('[') {
+        if path.len() > MAX_DEPTH {
+            path.push(rest.to_string());
+            return path;
+        }
         match stripped.find(']') {
             Some(close) => {
                 path.push(stripped[..close].to_string());
@@ -426,6 +434,9 @@ mod tests {
             json!({"query": {"query": [{"query": "q1", "onerror": "e"}, {"query": "q2"}], "onerror": "E"}})
         );
         assert_eq!(nested_form(&pairs(&[("a[b", "1")])), json!({"a[b": "1"}));
+        let deep = format!("a{}", "[x]".repeat(100_000));
+        let value = nested_form(&pairs(&[(deep.as_str(), "1")]));
+        assert!(value.to_string().len() < 400_000);
     }
 
     #[test]
