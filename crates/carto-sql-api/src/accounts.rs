@@ -15,8 +15,8 @@ use sha2::{Digest, Sha256};
 use crate::db::{connect, quote_ident, quote_literal, RoleLogin};
 
 mod keys;
-pub(crate) use keys::SCHEMA as KEYS_SCHEMA;
 pub use keys::{Grant, KeyInfo, NewKey, TABLE_PRIVILEGES};
+pub(crate) use keys::{SCHEMA as KEYS_SCHEMA, SCHEMA_PRESENT as KEYS_SCHEMA_PRESENT};
 
 /// Name of the metadata database.
 pub const META_DB: &str = "carto_meta";

@@ -1,7 +1,8 @@
 //! A CARTO-compatible SQL API server on PostgreSQL + PostGIS.
 //!
 //! It answers CARTO's `/api/v2/sql/copyfrom` and `/api/v2/sql/copyto` streaming endpoints and
-//! the `/api/v2/sql` query endpoint for users addressed as `http://{user}.{host}/api/...` or
+//! the `/api/v2/sql` query endpoint, batch jobs (`/api/v2/sql/job`, see [`jobs`]) and per-user
+//! rate limits ([`limits`]) for users addressed as `http://{user}.{host}/api/...` or
 //! `http://{host}/user/{user}/api/...`. Every statement runs on a connection authenticated as
 //! the API key's own, non-superuser PostgreSQL role.
 //!
@@ -94,7 +95,11 @@ impl Server {
         let pools = Pools::new(&admin, config.pool_size);
         migrate(
             accounts.meta(),
-            &[accounts::KEYS_SCHEMA, limits::SCHEMA, jobs::SCHEMA],
+            &[
+                (accounts::KEYS_SCHEMA_PRESENT, accounts::KEYS_SCHEMA),
+                (limits::SCHEMA_PRESENT, limits::SCHEMA),
+                (jobs::SCHEMA_PRESENT, jobs::SCHEMA),
+            ],
         )
         .await?;
         let limiter = limits::RateLimiter::new(accounts.meta().clone(), config.rate_limits.clone());
@@ -132,16 +137,20 @@ impl Server {
     }
 }
 
-/// Creates the metadata tables that later features added (each statement `IF NOT EXISTS`), in
-/// one transaction under an advisory lock so that servers starting together do not race.
-async fn migrate(meta: &deadpool_postgres::Pool, schemas: &[&str]) -> Result<()> {
+/// Creates the metadata that later features added, in one transaction under an advisory lock
+/// so that servers starting together do not race. Each `(probe, schema)` runs `schema` only if
+/// the `probe` query says false: DDL on existing tables would lock them at every start.
+async fn migrate(meta: &deadpool_postgres::Pool, schemas: &[(&str, &str)]) -> Result<()> {
     let mut client = meta.get().await?;
     let tx = client.transaction().await?;
     const MIGRATION_LOCK: i64 = 0x6361_7274_6f6d_6967; // "cartomig"
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
-    for schema in schemas {
-        tx.batch_execute(schema).await?;
+    for (probe, schema) in schemas {
+        let present: bool = tx.query_one(*probe, &[]).await?.get(0);
+        if !present {
+            tx.batch_execute(schema).await?;
+        }
     }
     tx.commit().await?;
     Ok(())

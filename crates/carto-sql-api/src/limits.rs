@@ -328,6 +328,9 @@ ON CONFLICT (username, grp) DO UPDATE SET
 RETURNING burst, emission_us, now_us, tat_us, allowed
 "#;
 
+/// Whether [`SCHEMA`] was applied.
+pub(crate) const SCHEMA_PRESENT: &str = "SELECT to_regclass('public.rate_limit_state') IS NOT NULL";
+
 /// The metadata tables of rate limits; created if missing whenever a server opens.
 pub(crate) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS rate_limits (

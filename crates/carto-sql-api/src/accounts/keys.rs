@@ -160,6 +160,9 @@ pub struct KeyInfo {
 
 /// Metadata added with regular keys; created if missing whenever a server opens.
 pub(crate) const SCHEMA: &str = "ALTER TABLE api_keys ADD COLUMN IF NOT EXISTS grants text[];";
+/// Whether [`SCHEMA`] was applied.
+pub(crate) const SCHEMA_PRESENT: &str = "SELECT EXISTS (SELECT 1 FROM information_schema.columns \
+     WHERE table_schema = 'public' AND table_name = 'api_keys' AND column_name = 'grants')";
 
 impl Accounts {
     /// Creates a regular key for `username` holding exactly `grants` (none is allowed: such a

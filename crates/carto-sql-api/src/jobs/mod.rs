@@ -62,6 +62,9 @@ impl Default for BatchConfig {
 /// Largest job request body: `JSON.stringify(body).length` as upstream counts it.
 pub const MAX_PAYLOAD: usize = 16384;
 
+/// Whether [`SCHEMA`] was applied.
+pub(crate) const SCHEMA_PRESENT: &str = "SELECT to_regclass('public.batch_limits') IS NOT NULL";
+
 /// The jobs' metadata; created if missing whenever a server opens.
 pub(crate) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS batch_jobs (
