@@ -6,7 +6,7 @@
 //! own (so one query runs per user across all servers), claims that user's oldest pending job
 //! with `FOR UPDATE SKIP LOCKED`, and runs its queries on a connection authenticated as the
 //! role of the key that created the job. A running job whose user lock nobody holds was left by
-//! a server that died: any server re-queues it (see [`worker`] for why re-queue, not fail).
+//! a server that died: any server re-queues it (`docs/batch.md` says why re-queue, not fail).
 
 pub(crate) mod http;
 pub mod model;
@@ -159,7 +159,7 @@ impl JobRow {
     }
 
     /// Puts a job whose server stopped back in the queue: each step that was running is done
-    /// if its commit marker (`steps`, see [`worker`]) says it committed, else pending again.
+    /// if its commit marker (`steps`, the `cdb_batch_runs` rows of the job) says it committed, else pending again.
     pub fn recover(&mut self, steps: &HashSet<String>) {
         if self.kind == Kind::Simple {
             self.status = if steps.contains(worker::SIMPLE_STEP) {
