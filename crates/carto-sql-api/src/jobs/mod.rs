@@ -159,7 +159,8 @@ impl JobRow {
     }
 
     /// Puts a job whose server stopped back in the queue: each step that was running is done
-    /// if its commit marker (`steps`, the `cdb_batch_runs` rows of the job) says it committed, else pending again.
+    /// if its commit marker (`steps`, the job's `cdb_batch_runs` rows) says it committed, else
+    /// pending again.
     pub fn recover(&mut self, steps: &HashSet<String>) {
         if self.kind == Kind::Simple {
             self.status = if steps.contains(worker::SIMPLE_STEP) {

@@ -515,6 +515,9 @@ impl Run<'_> {
         sql: &str,
         timeout: Duration,
     ) -> Result<Result<(), String>, Interrupt> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(Interrupt::Shutdown);
+        }
         let ms = timeout.as_millis().clamp(1, i32::MAX as u128);
         if let Err(error) = self
             .conn

@@ -335,3 +335,57 @@ async fn cli_manages_keys_and_limits() {
     assert!(!ok);
     assert!(stderr.contains("does not exist"), "{stderr}");
 }
+
+/// `serve --rate-limit` reaches the limiter: the binary on the test cluster refuses the second
+/// request of a 0/1/60 limit.
+#[tokio::test]
+async fn serve_takes_rate_limit_flags() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_carto-sql-api"))
+        .arg("--database-url")
+        .arg(database_url())
+        .args([
+            "serve",
+            "--listen",
+            &listen,
+            "--rate-limit",
+            "query=0/1/60",
+            "--batch-workers",
+            "0",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!(
+        "http://{listen}/user/{}/api/v2/sql?q=SELECT%201&api_key={}",
+        user.name, user.api_key
+    );
+    let mut first = None;
+    for _ in 0..150 {
+        if let Ok(response) = reqwest::get(&url).await {
+            first = Some(response.status().as_u16());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let second = reqwest::get(&url).await.unwrap();
+    let second_status = second.status().as_u16();
+    let limit = second.headers()["carto-rate-limit-limit"].clone();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(serve.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let exit = serve.wait().unwrap();
+    assert_eq!((first, second_status), (Some(200), 429));
+    assert_eq!(limit, "1");
+    assert!(exit.success());
+}
