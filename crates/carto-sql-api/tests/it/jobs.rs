@@ -314,6 +314,27 @@ async fn vector_14_22_read_and_cancel() {
         (status, error_of(&body)),
         (400, "Cannot set status from cancelled to cancelled")
     );
+    // A pending fallback job: the next query cancelled, what would follow skipped.
+    let fallback = created(
+        &server,
+        &user,
+        json!({"query": [{"query": "SELECT 1", "onerror": "SELECT 2"}, {"query": "SELECT 3"}],
+               "onsuccess": "SELECT 4"}),
+    )
+    .await;
+    let (status, job) = cancel(&server, &user, &fallback).await;
+    assert_eq!(status, 200, "{job}");
+    assert_eq!(
+        (&job["status"], &job["fallback_status"]),
+        (&json!("cancelled"), &json!("skipped"))
+    );
+    assert_eq!(
+        job["query"]["query"],
+        json!([
+            {"query": "SELECT 1", "onerror": "SELECT 2", "status": "cancelled", "fallback_status": "skipped"},
+            {"query": "SELECT 3", "status": "skipped"}
+        ])
+    );
     cancel(&server, &user, &blocker).await;
 }
 
@@ -452,6 +473,12 @@ async fn vector_14_23_fallbacks() {
     for stamp in ["started_at", "ended_at"] {
         assert!(entry[stamp].as_str().unwrap().ends_with('Z'), "{entry}");
     }
+    // Fallback jobs word an invalid transition without the current status.
+    let (status, body) = cancel(&server, &user, &id).await;
+    assert_eq!(
+        (status, error_of(&body)),
+        (400, "Cannot set status to cancelled")
+    );
 
     let id = created(
         &server,
