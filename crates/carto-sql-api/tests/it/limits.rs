@@ -290,4 +290,30 @@ async fn cost_of_a_check() {
     let unlimited = start.elapsed() / n;
     eprintln!("rate limit check: {limited:?} per request with a limit, {unlimited:?} without");
     assert!(limited < Duration::from_millis(50), "{limited:?}");
+
+    // The same seen from a client: `/sql` `SELECT 1` with and without a limit on the user.
+    let client = http();
+    let url = format!("{}/sql", server.api_url(&user));
+    let q = [("q", "SELECT 1"), ("api_key", user.api_key.as_str())];
+    let mut per_request = Vec::new();
+    for rate in [None, Some(rate("1000000/1000000/1"))] {
+        limits
+            .set_user_rate(&user.name, Group::Query, rate)
+            .await
+            .unwrap();
+        for _ in 0..20 {
+            client.get(&url).query(&q).send().await.unwrap();
+        }
+        let start = Instant::now();
+        for _ in 0..200 {
+            let response = client.get(&url).query(&q).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.bytes().await.unwrap();
+        }
+        per_request.push(start.elapsed() / 200);
+    }
+    eprintln!(
+        "/sql SELECT 1: {:?} per request without a limit, {:?} with one",
+        per_request[0], per_request[1]
+    );
 }
