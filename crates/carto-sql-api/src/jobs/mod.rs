@@ -96,6 +96,11 @@ const COLUMNS: &str = "job_id, username, db_role, kind, query, status, failed_re
     to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
     to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')";
 
+/// True for a job none of whose queries has started (an array job is `pending` again between
+/// its queries: its worker holds its state, so it must not change under it).
+const UNSTARTED: &str =
+    "NOT jsonb_path_exists(query::jsonb, 'lax $.** ? (@.status != \"pending\")')";
+
 /// Advisory-lock namespaces (first key of the two-int form): a worker's hold on a user, and
 /// the short lock serialising a user's job creations for the queue limit.
 const USER_LOCK: i32 = 0x6a6f_6273; // "jobs"
@@ -415,7 +420,7 @@ impl Jobs {
                 &format!(
                     "UPDATE batch_jobs SET kind = $3, query = $4, fallback_status = $5, \
                      updated_at = clock_timestamp() \
-                     WHERE job_id = $1 AND username = $2 AND status = 'pending' \
+                     WHERE job_id = $1 AND username = $2 AND status = 'pending' AND {UNSTARTED} \
                      RETURNING {COLUMNS}"
                 ),
                 &[
@@ -430,17 +435,25 @@ impl Jobs {
         if let Some(row) = row {
             return Ok(JobRow::from_row(&row).to_json());
         }
-        let status: Option<String> = client
+        let found: Option<(String, bool)> = client
             .query_opt(
-                "SELECT status FROM batch_jobs WHERE job_id = $1 AND username = $2",
+                &format!(
+                    "SELECT status, {UNSTARTED} FROM batch_jobs WHERE job_id = $1 AND username = $2"
+                ),
                 &[&id, &user.username],
             )
             .await?
-            .map(|row| row.get(0));
-        match status {
+            .map(|row| (row.get(0), row.get(1)));
+        match found {
             None => Err(not_found(id)),
-            Some(status) => Err(ApiError::bad_request(format!(
-                "Cannot update job {id}: its status is {status}, only pending jobs can be updated"
+            Some((status, unstarted)) if status != "pending" || unstarted => {
+                Err(ApiError::bad_request(format!(
+                    "Cannot update job {id}: its status is {status}, only pending jobs can be \
+                     updated"
+                )))
+            }
+            Some(_) => Err(ApiError::bad_request(format!(
+                "Cannot update job {id}: some of its queries already ran"
             ))),
         }
     }

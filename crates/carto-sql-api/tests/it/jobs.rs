@@ -604,6 +604,32 @@ async fn put_updates_pending_jobs_only() {
     );
     assert_eq!(job["status"], "pending");
 
+    // Pending again between two queries of an array: its worker owns it, it cannot change.
+    let mut meta = carto_sql_api::testing::cluster();
+    meta.dbname("carto_meta");
+    carto_sql_api::db::connect(&meta)
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE batch_jobs SET query = jsonb_set(query::jsonb, '{0,status}', '\"done\"')::text \
+             WHERE job_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let (status, body) = answer(
+        http()
+            .put(&url)
+            .json(&json!({"query": "SELECT 4", "api_key": user.api_key})),
+    )
+    .await;
+    assert_eq!(
+        (status, error_of(&body)),
+        (
+            400,
+            format!("Cannot update job {id}: some of its queries already ran").as_str()
+        )
+    );
     let gone = created(&server, &user, json!("SELECT 1")).await;
     cancel(&server, &user, &gone).await;
     let (status, body) = answer(
