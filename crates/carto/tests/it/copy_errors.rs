@@ -52,6 +52,27 @@ async fn statement_errors() {
 }
 
 #[tokio::test]
+async fn local_errors_are_io_errors() {
+    let (_server, _user, client) = setup().await;
+    let error = client
+        .copy()
+        .copy_from_file("COPY t FROM STDIN", "/nonexistent/t.csv")
+        .await
+        .unwrap_err();
+    assert!(error.is_io(), "{error:?}");
+    let error = client
+        .copy()
+        .copy_to_file(
+            "COPY (SELECT 1) TO STDOUT",
+            "/nonexistent/dir/out.tsv",
+            false,
+        )
+        .await
+        .unwrap_err();
+    assert!(error.is_io(), "{error:?}");
+}
+
+#[tokio::test]
 async fn access_errors() {
     let (server, user, client) = setup().await;
     let stranger =
