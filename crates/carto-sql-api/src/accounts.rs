@@ -14,6 +14,10 @@ use sha2::{Digest, Sha256};
 
 use crate::db::{connect, quote_ident, quote_literal, RoleLogin};
 
+mod keys;
+pub use keys::{Grant, KeyInfo, NewKey, TABLE_PRIVILEGES};
+pub(crate) use keys::{SCHEMA as KEYS_SCHEMA, SCHEMA_PRESENT as KEYS_SCHEMA_PRESENT};
+
 /// Name of the metadata database.
 pub const META_DB: &str = "carto_meta";
 /// Template every user database is created from (PostGIS and CARTO helpers installed once).
@@ -99,6 +103,11 @@ impl Accounts {
             .build()
             .context("metadata pool")?;
         Ok(Accounts { admin, meta })
+    }
+
+    /// The metadata database's pool (for the modules that keep their own tables there).
+    pub(crate) fn meta(&self) -> &deadpool_postgres::Pool {
+        &self.meta
     }
 
     /// The superuser settings (host, port, user, password; database `postgres`).

@@ -149,7 +149,7 @@ impl Caller {
 
 /// The first label of the `Host` header (port included in what is matched), as upstream's
 /// default `^([^\.]+)\.` does.
-fn username_from_host(parts: &Parts) -> Result<String, ApiError> {
+pub(crate) fn username_from_host(parts: &Parts) -> Result<String, ApiError> {
     let host = parts
         .headers
         .get(header::HOST)

@@ -1,7 +1,8 @@
 //! A CARTO-compatible SQL API server on PostgreSQL + PostGIS.
 //!
 //! It answers CARTO's `/api/v2/sql/copyfrom` and `/api/v2/sql/copyto` streaming endpoints and
-//! the `/api/v2/sql` query endpoint for users addressed as `http://{user}.{host}/api/...` or
+//! the `/api/v2/sql` query endpoint, batch jobs (`/api/v2/sql/job`, see [`jobs`]) and per-user
+//! rate limits ([`limits`]) for users addressed as `http://{user}.{host}/api/...` or
 //! `http://{host}/user/{user}/api/...`. Every statement runs on a connection authenticated as
 //! the API key's own, non-superuser PostgreSQL role.
 //!
@@ -12,6 +13,7 @@
 //! let cluster = EmbeddedCluster::start(&EmbeddedOptions::new("./.carto-data")).await?;
 //! let server = Server::open(cluster.superuser_config(), Config::default()).await?;
 //! let key = server.accounts().create_user("alice", None).await?;
+//! server.jobs().start_workers();
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! axum::serve(listener, server.router()).await?;
 //! # Ok(()) }
@@ -24,6 +26,8 @@ pub mod copy;
 pub mod db;
 pub mod embedded;
 pub mod error;
+pub mod jobs;
+pub mod limits;
 pub mod query;
 mod routes;
 pub mod sql_text;
@@ -51,6 +55,10 @@ pub struct Config {
     /// `statement_timeout` set for `/sql` statements, in PostgreSQL's syntax (e.g. `15s`).
     /// Default `None`: the key role's own setting applies, as upstream.
     pub query_timeout: Option<String>,
+    /// Server-wide rate limits per endpoint group (users may have their own). Default: none.
+    pub rate_limits: limits::RateLimits,
+    /// Batch jobs: queue limit, timeouts, workers.
+    pub batch: jobs::BatchConfig,
 }
 
 impl Default for Config {
@@ -61,6 +69,8 @@ impl Default for Config {
             copy_timeout: "5h".into(),
             pool_size: 16,
             query_timeout: None,
+            rate_limits: limits::RateLimits::none(),
+            batch: jobs::BatchConfig::default(),
         }
     }
 }
@@ -71,6 +81,8 @@ pub struct AppState {
     accounts: Accounts,
     pools: Pools,
     config: Arc<Config>,
+    limiter: limits::RateLimiter,
+    jobs: jobs::Jobs,
 }
 
 /// A server bound to a PostgreSQL cluster, ready to hand out its router.
@@ -85,13 +97,37 @@ impl Server {
     pub async fn open(admin: tokio_postgres::Config, config: Config) -> Result<Self> {
         let accounts = Accounts::open(admin.clone()).await?;
         let pools = Pools::new(&admin, config.pool_size);
+        migrate(
+            accounts.meta(),
+            &[
+                (accounts::KEYS_SCHEMA_PRESENT, accounts::KEYS_SCHEMA),
+                (limits::SCHEMA_PRESENT, limits::SCHEMA),
+                (jobs::SCHEMA_PRESENT, jobs::SCHEMA),
+            ],
+        )
+        .await?;
+        let limiter = limits::RateLimiter::new(accounts.meta().clone(), config.rate_limits.clone());
+        let jobs = jobs::Jobs::new(accounts.meta().clone(), admin, config.batch.clone());
         Ok(Server {
             state: AppState {
                 accounts,
                 pools,
                 config: Arc::new(config),
+                limiter,
+                jobs,
             },
         })
+    }
+
+    /// Batch jobs. A server runs them only after [`Jobs::start_workers`](jobs::Jobs::start_workers)
+    /// (`serve` does; account commands do not).
+    pub fn jobs(&self) -> &jobs::Jobs {
+        &self.state.jobs
+    }
+
+    /// Rate limits: per-user overrides and checks.
+    pub fn limits(&self) -> &limits::RateLimiter {
+        &self.state.limiter
     }
 
     /// Users and keys.
@@ -103,4 +139,23 @@ impl Server {
     pub fn router(&self) -> axum::Router {
         routes::router(self.state.clone())
     }
+}
+
+/// Creates the metadata that later features added, in one transaction under an advisory lock
+/// so that servers starting together do not race. Each `(probe, schema)` runs `schema` only if
+/// the `probe` query says false: DDL on existing tables would lock them at every start.
+async fn migrate(meta: &deadpool_postgres::Pool, schemas: &[(&str, &str)]) -> Result<()> {
+    let mut client = meta.get().await?;
+    let tx = client.transaction().await?;
+    const MIGRATION_LOCK: i64 = 0x6361_7274_6f6d_6967; // "cartomig"
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    for (probe, schema) in schemas {
+        let present: bool = tx.query_one(*probe, &[]).await?.get(0);
+        if !present {
+            tx.batch_execute(schema).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
 }

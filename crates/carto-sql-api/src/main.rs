@@ -4,9 +4,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
+use carto_sql_api::accounts::Grant;
 use carto_sql_api::embedded::{EmbeddedCluster, EmbeddedOptions};
+use carto_sql_api::jobs::BatchConfig;
+use carto_sql_api::limits::{Group, GroupRate};
 use carto_sql_api::{Config, Server};
 use clap::{Parser, Subcommand};
 
@@ -55,11 +59,62 @@ enum Command {
         /// Base URL printed for users (default: from --listen).
         #[arg(long)]
         public_url: Option<String>,
+        /// Rate limit of an endpoint group for every user without their own, as
+        /// GROUP=BURST/COUNT/PERIOD (groups: query, copy_from, copy_to, job_create, job_get,
+        /// job_delete; period in seconds or with ms/s/m/h). Repeatable. Default: no limits.
+        #[arg(long = "rate-limit", value_name = "GROUP=BURST/COUNT/PERIOD")]
+        rate_limits: Vec<GroupRate>,
+        /// Batch jobs a user may have waiting.
+        #[arg(long, default_value_t = BatchConfig::default().max_queued_jobs)]
+        batch_max_queued_jobs: usize,
+        /// Longest a batch query may run, in milliseconds, for users without their own limit.
+        #[arg(long, default_value_t = BatchConfig::default().query_timeout.as_millis() as u64)]
+        batch_query_timeout_ms: u64,
+        /// Users whose batch jobs this server runs at once (0: run none, only queue them).
+        #[arg(long, default_value_t = BatchConfig::default().workers)]
+        batch_workers: usize,
     },
     /// Manage users.
     User {
         #[command(subcommand)]
         command: UserCommand,
+    },
+    /// Manage a user's regular API keys (one PostgreSQL role each, holding exactly its grants).
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Create a regular key and print it as JSON (the token is shown only this once).
+    Add {
+        /// The user.
+        user: String,
+        /// Privileges on a table, TABLE:PRIV[,PRIV...] with TABLE or SCHEMA.TABLE and PRIV in
+        /// select, insert, update, delete, truncate, references, trigger. Repeatable; none
+        /// gives a key that can connect but read nothing.
+        #[arg(long = "grant", value_name = "TABLE:PRIVILEGES")]
+        grants: Vec<Grant>,
+        /// The key's name (default: generated).
+        #[arg(long)]
+        name: Option<String>,
+        /// The token (default: a random one).
+        #[arg(long)]
+        api_key: Option<String>,
+    },
+    /// List a user's keys as JSON (names, roles, grants; never tokens).
+    List {
+        /// The user.
+        user: String,
+    },
+    /// Delete a regular key, by name or token; it stops working at once.
+    Delete {
+        /// The user.
+        user: String,
+        /// The key's name or token.
+        key: String,
     },
 }
 
@@ -78,6 +133,24 @@ enum UserCommand {
         /// Base URL of the server, for the printed `base_url`.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         server_url: String,
+    },
+    /// Show or change a user's own limits (they win over the server's defaults); prints them
+    /// as JSON.
+    Limits {
+        /// User name.
+        name: String,
+        /// Set the user's rate limit of a group, GROUP=BURST/COUNT/PERIOD. Repeatable.
+        #[arg(long = "rate-limit", value_name = "GROUP=BURST/COUNT/PERIOD")]
+        rate_limits: Vec<GroupRate>,
+        /// Remove the user's own rate limit of a group (the server's default applies again).
+        #[arg(long = "clear-rate-limit", value_name = "GROUP")]
+        clear: Vec<Group>,
+        /// Set the user's batch query timeout, in milliseconds.
+        #[arg(long, value_name = "MS")]
+        batch_timeout: Option<u64>,
+        /// Remove the user's own batch query timeout (the server's applies again).
+        #[arg(long)]
+        clear_batch_timeout: bool,
     },
 }
 
@@ -137,6 +210,10 @@ async fn run_command(command: Command, admin: tokio_postgres::Config) -> Result<
             pool_size,
             query_timeout,
             public_url,
+            rate_limits,
+            batch_max_queued_jobs,
+            batch_query_timeout_ms,
+            batch_workers,
         } => {
             let config = Config {
                 max_post_size,
@@ -148,6 +225,13 @@ async fn run_command(command: Command, admin: tokio_postgres::Config) -> Result<
                 copy_timeout,
                 pool_size,
                 query_timeout,
+                rate_limits: rate_limits.into_iter().collect(),
+                batch: BatchConfig {
+                    max_queued_jobs: batch_max_queued_jobs,
+                    query_timeout: Duration::from_millis(batch_query_timeout_ms),
+                    workers: batch_workers,
+                    ..BatchConfig::default()
+                },
             };
             let server = Server::open(admin, config).await?;
             let listener = tokio::net::TcpListener::bind(listen)
@@ -155,10 +239,14 @@ async fn run_command(command: Command, admin: tokio_postgres::Config) -> Result<
                 .with_context(|| format!("listening on {listen}"))?;
             let url = public_url.unwrap_or_else(|| format!("http://{listen}"));
             tracing::info!(%url, "carto-sql-api listening");
-            axum::serve(listener, server.router())
+            server.jobs().start_workers();
+            let served = axum::serve(listener, server.router())
                 .with_graceful_shutdown(shutdown_signal())
-                .await?;
+                .await;
             tracing::info!("shutting down");
+            // Running batch queries are cancelled and their jobs re-queued for another server.
+            server.jobs().shutdown().await;
+            served?;
             Ok(())
         }
         Command::User {
@@ -186,7 +274,88 @@ async fn run_command(command: Command, admin: tokio_postgres::Config) -> Result<
             println!("{}", serde_json::to_string(&new_user)?);
             Ok(())
         }
+        Command::Key { command } => run_key_command(command, admin).await,
+        Command::User {
+            command:
+                UserCommand::Limits {
+                    name,
+                    rate_limits,
+                    clear,
+                    batch_timeout,
+                    clear_batch_timeout,
+                },
+        } => {
+            let server = Server::open(admin, Config::default()).await?;
+            if server.accounts().user(&name).await?.is_none() {
+                anyhow::bail!("user '{name}' does not exist");
+            }
+            let limits = server.limits();
+            for group in clear {
+                limits.set_user_rate(&name, group, None).await?;
+            }
+            for GroupRate { group, rate } in rate_limits {
+                limits.set_user_rate(&name, group, Some(rate)).await?;
+            }
+            if clear_batch_timeout {
+                server.jobs().set_user_timeout(&name, None).await?;
+            }
+            if let Some(ms) = batch_timeout {
+                server
+                    .jobs()
+                    .set_user_timeout(&name, Some(Duration::from_millis(ms)))
+                    .await?;
+            }
+            let batch_timeout_ms = server
+                .jobs()
+                .user_timeout(&name)
+                .await?
+                .map(|t| t.as_millis() as u64);
+            let rates: serde_json::Map<String, serde_json::Value> = limits
+                .user_rates(&name)
+                .await?
+                .into_iter()
+                .map(|g| (g.group.to_string(), g.rate.to_string().into()))
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "username": name,
+                    "rate_limits": rates,
+                    "batch_timeout_ms": batch_timeout_ms,
+                })
+            );
+            Ok(())
+        }
     }
+}
+
+async fn run_key_command(command: KeyCommand, admin: tokio_postgres::Config) -> Result<()> {
+    let server = Server::open(admin, Config::default()).await?;
+    let accounts = server.accounts();
+    match command {
+        KeyCommand::Add {
+            user,
+            grants,
+            name,
+            api_key,
+        } => {
+            let key = accounts
+                .create_key(&user, name.as_deref(), api_key.as_deref(), &grants)
+                .await?;
+            println!("{}", serde_json::to_string(&key)?);
+        }
+        KeyCommand::List { user } => {
+            println!("{}", serde_json::to_string(&accounts.keys(&user).await?)?);
+        }
+        KeyCommand::Delete { user, key } => {
+            accounts.delete_key(&user, &key).await?;
+            println!(
+                "{}",
+                serde_json::json!({ "username": user, "deleted": key })
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

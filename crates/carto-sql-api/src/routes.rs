@@ -18,6 +18,8 @@ use crate::auth::{form_urlencoded_pairs, Addressed, Identified};
 use crate::copy::statement::{self, Direction};
 use crate::copy::{self as copy_streams, UploadLimits};
 use crate::error::ApiError;
+use crate::jobs;
+use crate::limits::{self, Group};
 use crate::query;
 use crate::AppState;
 
@@ -40,10 +42,18 @@ pub fn router(state: AppState) -> Router {
             .no_zstd()
             .quality(CompressionLevel::Fastest),
     );
+    let limited = |group| middleware::from_fn_with_state((state.clone(), group), limits::enforce);
     let api = Router::new()
-        .merge(route("/sql", get(sql).post(sql)))
-        .merge(route("/sql/copyfrom", post(copy_from)))
-        .merge(route("/sql/copyto", copyto))
+        .merge(route("/sql", get(sql).post(sql)).route_layer(limited(Group::Query)))
+        .merge(route("/sql/copyfrom", post(copy_from)).route_layer(limited(Group::CopyFrom)))
+        .merge(route("/sql/copyto", copyto).route_layer(limited(Group::CopyTo)))
+        .merge(route("/sql/job", post(jobs::http::create)))
+        .merge(route(
+            "/sql/job/{id}",
+            get(jobs::http::read)
+                .delete(jobs::http::cancel)
+                .put(jobs::http::update),
+        ))
         .merge(route("/version", get(version)))
         .merge(route("/health", get(health)));
     Router::new()

@@ -83,6 +83,7 @@ impl TestServer {
             .await
             .expect("binding a port");
         let addr = listener.local_addr().expect("local address");
+        server.jobs().start_workers();
         let router = server.router();
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
@@ -128,7 +129,9 @@ impl TestServer {
 }
 
 impl Drop for TestServer {
+    /// Stops serving at once and aborts the batch workers, as if the process died.
     fn drop(&mut self) {
         self.task.abort();
+        self.server.jobs().abort_workers();
     }
 }

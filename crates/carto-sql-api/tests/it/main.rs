@@ -5,5 +5,8 @@ mod cartodb;
 mod cli;
 mod copy_from;
 mod copy_to;
+mod jobs;
+mod keys;
+mod limits;
 mod sql;
 mod support;
