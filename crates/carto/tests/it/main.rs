@@ -8,6 +8,7 @@ mod copy_bench;
 mod copy_errors;
 mod copy_from;
 mod copy_to;
+mod examples;
 mod retry;
 mod rows;
 mod sql;
