@@ -22,6 +22,10 @@ pub struct ApiError {
     pub detail: Option<String>,
     /// `hint` member (PostgreSQL's HINT).
     pub hint: Option<String>,
+    /// `where` member: PostgreSQL's CONTEXT, e.g. `COPY t, line 52, column n: "x"`, so a
+    /// client can tell which line of an upload was refused. Not in upstream's answers;
+    /// clients that do not know it ignore it.
+    pub where_: Option<String>,
 }
 
 /// The JSON body of an error.
@@ -34,6 +38,8 @@ struct ErrorBody<'a> {
     detail: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     hint: Option<&'a str>,
+    #[serde(rename = "where", skip_serializing_if = "Option::is_none")]
+    where_: Option<&'a str>,
 }
 
 impl ApiError {
@@ -45,6 +51,7 @@ impl ApiError {
             context: None,
             detail: None,
             hint: None,
+            where_: None,
         }
     }
 
@@ -113,6 +120,7 @@ impl ApiError {
         ApiError {
             detail: db.detail().map(str::to_string),
             hint: db.hint().map(str::to_string),
+            where_: db.where_().map(str::to_string),
             ..ApiError::bad_request(db.message())
         }
     }
@@ -124,6 +132,7 @@ impl ApiError {
             context: self.context.as_deref(),
             detail: self.detail.as_deref(),
             hint: self.hint.as_deref(),
+            where_: self.where_.as_deref(),
         };
         serde_json::to_string(&body).unwrap_or_else(|_| r#"{"error":["Unexpected error"]}"#.into())
     }

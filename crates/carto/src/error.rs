@@ -66,6 +66,9 @@ pub(crate) struct ApiErrorBody {
     pub detail: Option<String>,
     #[serde(default)]
     pub hint: Option<String>,
+    /// carto-sql-api's `where`: PostgreSQL's CONTEXT (e.g. the line of a refused COPY row).
+    #[serde(default, rename = "where")]
+    pub where_: Option<String>,
 }
 
 /// `error` is a list of strings on this server, but tolerate a lone string or other values.
@@ -270,6 +273,12 @@ impl Error {
         self.body().and_then(|b| b.hint.as_deref())
     }
 
+    /// Where in the statement or its data PostgreSQL failed (its CONTEXT, e.g.
+    /// `COPY t, line 52, column n: "x"`), when the server says (carto-sql-api does).
+    pub fn where_(&self) -> Option<&str> {
+        self.body().and_then(|b| b.where_.as_deref())
+    }
+
     /// True for a 429 from the rate limiter (retrying later will pass).
     pub fn is_rate_limited(&self) -> bool {
         matches!(self.inner.kind, Kind::RateLimited { .. })
@@ -402,6 +411,9 @@ fn write_body(f: &mut fmt::Formatter<'_>, body: &ApiErrorBody) -> fmt::Result {
     }
     if let Some(hint) = &body.hint {
         write!(f, " (hint: {hint})")?;
+    }
+    if let Some(place) = &body.where_ {
+        write!(f, " (at {place})")?;
     }
     Ok(())
 }

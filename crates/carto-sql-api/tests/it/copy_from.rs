@@ -177,6 +177,11 @@ async fn database_errors_pass_through() {
         error_of(&body).contains("invalid input syntax for type integer"),
         "{body}"
     );
+    // PostgreSQL's CONTEXT says which line of the upload was refused.
+    assert_eq!(
+        body["where"],
+        "COPY copy_test, line 3, column id: \"not-a-number\""
+    );
 }
 
 #[tokio::test]
