@@ -19,6 +19,9 @@
 //! # Ok(()) }
 //! ```
 #![deny(missing_docs)]
+// `ApiError` (status, message, and PostgreSQL's detail, hint and context) is returned at
+// most once per request, on the error path: its size costs nothing worth boxing it for.
+#![allow(clippy::result_large_err)]
 
 pub mod accounts;
 pub mod auth;
