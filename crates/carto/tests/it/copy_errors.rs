@@ -49,6 +49,10 @@ async fn statement_errors() {
         error.messages()[0].contains("invalid input syntax"),
         "{error}"
     );
+    // carto-sql-api also says where: PostgreSQL's CONTEXT names the line.
+    let place = error.where_().expect("the server's 'where'");
+    assert!(place.contains("line 1"), "{place}");
+    assert!(error.to_string().contains("line 1"), "{error}");
 }
 
 #[tokio::test]
