@@ -190,8 +190,9 @@ impl BatchClient {
             .await
     }
 
-    /// Replaces a job's statements (`PUT`), as carto-python's `update`. CARTO removed this
-    /// route in 2016: servers following the spec answer 404, which is returned as an error.
+    /// Replaces the statements of a job still `pending` (`PUT`), as carto-python's `update`.
+    /// CARTO's own server removed this route in 2016 and answers 404 (an error here);
+    /// `carto-sql-api` keeps it for pending jobs.
     pub async fn update(&self, job_id: &str, query: impl Into<BatchQuery>) -> Result<Job> {
         let body = self.body(query.into());
         self.call(reqwest::Method::PUT, &job_path(job_id)?, Some(body))

@@ -76,6 +76,21 @@ fn blocking_round_trip() {
         .unwrap();
     assert_eq!(outcome.total_rows, 1010);
 
+    let job = client
+        .batch()
+        .with_poll_interval(std::time::Duration::from_millis(100))
+        .create_and_wait("INSERT INTO t VALUES (5000, 'from a job')")
+        .unwrap();
+    assert_eq!(job.status, carto::JobStatus::Done);
+    assert_eq!(
+        client
+            .sql()
+            .send("SELECT count(*) AS n FROM t")
+            .unwrap()
+            .rows[0]["n"],
+        1010 * 2 + 1
+    );
+
     let error = copy
         .copy_to("COPY (SELECT i, 1/(200000-i) FROM generate_series(1,300000) i) TO STDOUT")
         .unwrap()
@@ -83,5 +98,39 @@ fn blocking_round_trip() {
         .unwrap_err();
     assert!(error.to_string().contains("division by zero"), "{error}");
     drop(client);
+    drop(server);
+}
+
+#[test]
+fn blocking_rate_limits_and_retries() {
+    use carto_sql_api::limits::{Group, RateLimits};
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (server, user) = runtime.block_on(async {
+        let server = TestServer::with_config(carto_sql_api::Config {
+            rate_limits: RateLimits::none().with(Group::Query, "0/1/1".parse().unwrap()),
+            ..Default::default()
+        })
+        .await;
+        let user = server.create_user().await;
+        (server, user)
+    });
+    let credentials = Credentials::new(&server.base_url(&user), &user.api_key).unwrap();
+    let impatient = Client::from_async(
+        carto::Client::builder(credentials.clone())
+            .retry(carto::RetryPolicy::never())
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    impatient.sql().send("SELECT 1").unwrap();
+    let error = impatient.sql().send("SELECT 1").unwrap_err();
+    assert!(error.is_rate_limited(), "{error:?}");
+    assert!(error.retry_after().is_some());
+
+    // The default policy waits as told and gets through.
+    let patient = Client::new(credentials).unwrap();
+    patient.sql().send("SELECT 1").unwrap();
+    drop((impatient, patient));
     drop(server);
 }

@@ -136,3 +136,48 @@ async fn client_cpu_per_gigabyte() {
     }
     client.sql().send("DROP TABLE bench_cpu").await.unwrap();
 }
+
+/// The row writer's client CPU per million rows (serde → COPY text, a point as hex EWKB),
+/// against a server in another process. Needs `CARTO_API_URL` and `CARTO_API_KEY`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement against an external server; run it by name with --ignored"]
+async fn row_writer_cpu_per_million_rows() {
+    #[derive(serde::Serialize)]
+    struct Echo {
+        id: u64,
+        name: String,
+        value: f64,
+        the_geom: carto::Point,
+    }
+    let Ok(client) = carto::Client::from_env() else {
+        eprintln!("CARTO_API_URL / CARTO_API_KEY not set: nothing measured");
+        return;
+    };
+    create(
+        &client,
+        "DROP TABLE IF EXISTS bench_rows; \
+         CREATE UNLOGGED TABLE bench_rows (id bigint, name text, value float8, the_geom geometry)",
+    )
+    .await;
+    let n = 1_000_000u64;
+    let rows = futures::stream::iter((0..n).map(|i| Echo {
+        id: i,
+        name: format!("echo {i}"),
+        value: i as f64 / 7.0,
+        the_geom: carto::Point::new(-3.7 + i as f64 / 1e7, 40.4),
+    }));
+    let cpu = cpu_seconds();
+    let started = Instant::now();
+    let outcome = client
+        .copy()
+        .copy_from_rows("bench_rows", &["id", "name", "value", "the_geom"], rows)
+        .await
+        .unwrap();
+    eprintln!(
+        "{} rows in {:.2} s wall, {:.2} client CPU s",
+        outcome.total_rows,
+        started.elapsed().as_secs_f64(),
+        cpu_seconds() - cpu
+    );
+    client.sql().send("DROP TABLE bench_rows").await.unwrap();
+}

@@ -49,6 +49,31 @@ async fn statement_errors() {
         error.messages()[0].contains("invalid input syntax"),
         "{error}"
     );
+    // carto-sql-api also says where: PostgreSQL's CONTEXT names the line.
+    let place = error.where_().expect("the server's 'where'");
+    assert!(place.contains("line 1"), "{place}");
+    assert!(error.to_string().contains("line 1"), "{error}");
+}
+
+#[tokio::test]
+async fn local_errors_are_io_errors() {
+    let (_server, _user, client) = setup().await;
+    let error = client
+        .copy()
+        .copy_from_file("COPY t FROM STDIN", "/nonexistent/t.csv")
+        .await
+        .unwrap_err();
+    assert!(error.is_io(), "{error:?}");
+    let error = client
+        .copy()
+        .copy_to_file(
+            "COPY (SELECT 1) TO STDOUT",
+            "/nonexistent/dir/out.tsv",
+            false,
+        )
+        .await
+        .unwrap_err();
+    assert!(error.is_io(), "{error:?}");
 }
 
 #[tokio::test]

@@ -290,3 +290,53 @@ async fn small_sends_are_merged_into_chunks() {
         "{chunks} chunks for {total} bytes"
     );
 }
+
+#[tokio::test]
+async fn geometries_of_every_kind_arrive_intact() {
+    let (server, user, client) = setup().await;
+    create(&client, "CREATE TABLE shapes (id int, g geometry)").await;
+    let shapes = vec![
+        (
+            1,
+            carto::Geometry::from(carto::Point::new(-3.7038, 40.4168)),
+        ),
+        (
+            2,
+            carto::Geometry::from(carto::Point::new(500000.5, 4000000.25).with_srid(3857)),
+        ),
+        (
+            3,
+            carto::Geometry::line_string(&[(0.0, 0.0), (1.5, 2.25), (3.0, -1.0)], 4326),
+        ),
+        (
+            4,
+            carto::Geometry::polygon(
+                &[
+                    vec![(0., 0.), (10., 0.), (10., 10.), (0., 10.), (0., 0.)],
+                    vec![(2., 2.), (3., 2.), (3., 3.), (2., 2.)],
+                ],
+                4326,
+            ),
+        ),
+        (
+            5,
+            carto::Geometry::from_ewkt("SRID=4326;MULTIPOINT(1 2,3 4)"),
+        ),
+    ];
+    let expected: Vec<String> = shapes.iter().map(|(_, g)| g.to_ewkt()).collect();
+    client
+        .copy()
+        .copy_from_rows("shapes", &["id", "g"], futures::stream::iter(shapes))
+        .await
+        .unwrap();
+    let back: Vec<String> = server
+        .superuser_client(&user)
+        .await
+        .query("SELECT ST_AsEWKT(g) FROM shapes ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(back, expected);
+}
