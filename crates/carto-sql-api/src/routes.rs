@@ -102,7 +102,7 @@ async fn common_headers_and_log(mut request: Request, next: Next) -> Response {
     ] {
         headers.insert(name, HeaderValue::from_static("*"));
     }
-    if let Ok(host) = HeaderValue::from_str(&hostname()) {
+    if let Ok(host) = HeaderValue::from_str(hostname()) {
         headers.insert("x-served-by-host", host);
     }
     if let Some(Ok(client)) = client.as_deref().map(HeaderValue::from_str) {
@@ -125,11 +125,15 @@ async fn common_headers_and_log(mut request: Request, next: Next) -> Response {
     response
 }
 
-fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_default()
+/// This machine's name, for `X-Served-By-Host`; looked up once, not per request.
+fn hostname() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default()
+    })
 }
 
 /// Request parameters: the query string, then the body's (form or JSON), later ones winning.
