@@ -97,6 +97,16 @@ fn write_field(value: &Value, out: &mut BytesMut) -> Result<()> {
     Ok(())
 }
 
+/// `COPY {table} ("col", ...) FROM STDIN`: the table as the caller wrote it (SQL), the
+/// columns quoted as identifiers.
+pub(crate) fn copy_statement(table: &str, columns: &[&str]) -> String {
+    let columns: Vec<String> = columns
+        .iter()
+        .map(|c| format!("\"{}\"", c.replace('"', "\"\"")))
+        .collect();
+    format!("COPY {table} ({}) FROM STDIN", columns.join(", "))
+}
+
 /// Appends `text` escaped for COPY's text format.
 pub(crate) fn escape_into(text: &str, out: &mut BytesMut) -> Result<()> {
     let bytes = text.as_bytes();
@@ -363,6 +373,14 @@ mod tests {
         assert_eq!(
             Geometry::from_ewkt("POINT(1 2)").to_ewkb_hex(),
             "POINT(1 2)"
+        );
+    }
+
+    #[test]
+    fn column_names_are_quoted() {
+        assert_eq!(
+            copy_statement("public.t", &["id", "My \"col\""]),
+            "COPY public.t (\"id\", \"My \"\"col\"\"\") FROM STDIN"
         );
     }
 
