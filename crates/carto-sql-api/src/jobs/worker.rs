@@ -870,3 +870,31 @@ async fn expire(inner: &Inner) -> Result<()> {
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_that_refuse_a_transaction() {
+        for sql in [
+            "VACUUM t",
+            "vacuum (analyze) t",
+            "CREATE INDEX CONCURRENTLY i ON t (x)",
+            "reindex table t",
+            "DROP DATABASE x",
+            "ALTER SYSTEM SET work_mem = '1MB'",
+            "SELECT 'unterminated",
+        ] {
+            assert!(refuses_transactions(sql), "{sql}");
+        }
+        for sql in [
+            "SELECT 1",
+            "INSERT INTO t VALUES ('vacuum concurrently')",
+            "CREATE TABLE concurrently_t (x int)",
+            "UPDATE t SET x = 1; DELETE FROM t",
+        ] {
+            assert!(!refuses_transactions(sql), "{sql}");
+        }
+    }
+}

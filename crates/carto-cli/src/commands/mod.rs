@@ -1,0 +1,46 @@
+//! One module per subcommand; `run` dispatches.
+
+mod batch;
+mod copy;
+mod import;
+mod profile;
+mod server;
+mod sql;
+mod transfer;
+
+use anyhow::Result;
+
+use crate::args::{Cli, Command};
+use crate::output::Output;
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    let output = Output {
+        quiet: cli.global.quiet,
+        json: cli.global.json,
+    };
+    match cli.command {
+        Command::Copy(command) => copy::run(&cli.global, output, command).await,
+        Command::Sql(args) => sql::run(&cli.global, output, args).await,
+        Command::Batch(args) => batch::run(&cli.global, output, args).await,
+        Command::Transfer(args) => transfer::run(output, args).await,
+        Command::Import(args) => import::run(&cli.global, output, args).await,
+        Command::Profile(command) => profile::run(&cli.global, output, command),
+        Command::Server { args } => server::run(args),
+    }
+}
+
+/// A client for the credentials of this run.
+fn client(global: &crate::args::Global) -> Result<carto::Client> {
+    Ok(carto::Client::new(crate::profiles::resolve(global)?)?)
+}
+
+/// Quotes `value` as an SQL string literal.
+fn literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// Quotes `name` as an SQL identifier.
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}

@@ -1,0 +1,67 @@
+//! What the commands print: human summaries on stderr, `--json` results on stdout (or on
+//! stderr when stdout carries the data), nothing but errors with `--quiet`.
+
+use std::io::{IsTerminal, Write};
+
+use serde_json::Value;
+
+/// How results are reported.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    /// `--quiet`
+    pub quiet: bool,
+    /// `--json`
+    pub json: bool,
+}
+
+impl Output {
+    /// Reports a result: `text` for people, `value` for `--json`. `stdout_is_data` when the
+    /// command writes its data to stdout, so the report must not mix with it.
+    pub fn result(&self, text: &str, value: Value, stdout_is_data: bool) {
+        if self.json {
+            let line = value.to_string();
+            if stdout_is_data {
+                eprintln!("{line}");
+            } else {
+                println!("{line}");
+            }
+        } else if !self.quiet {
+            eprintln!("{text}");
+        }
+    }
+
+    /// A progress note for people (never in `--json` or `--quiet` mode).
+    pub fn note(&self, text: &str) {
+        if !self.quiet && !self.json {
+            eprintln!("{text}");
+        }
+    }
+
+    /// True when progress bars may be drawn: a terminal on stderr, and no `--quiet`/`--json`.
+    pub fn bars(&self) -> bool {
+        !self.quiet && !self.json && std::io::stderr().is_terminal()
+    }
+
+    /// Writes raw bytes to stdout (answers of `carto sql`).
+    pub fn data(&self, bytes: &[u8]) -> std::io::Result<()> {
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(bytes)?;
+        stdout.flush()
+    }
+}
+
+/// Human-readable bytes.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

@@ -1,0 +1,34 @@
+//! Progress bars for transfers, fed by the SDK's progress callbacks.
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// A bar (or spinner, when the size is unknown) on stderr, and the SDK callback that moves it.
+/// Both are `None` when bars are off.
+pub fn transfer_bar(
+    enabled: bool,
+    total: Option<u64>,
+) -> (Option<ProgressBar>, Option<carto::Progress>) {
+    if !enabled {
+        return (None, None);
+    }
+    let bar = match total {
+        Some(total) => ProgressBar::new(total).with_style(
+            ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+        None => ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{spinner} {bytes} {bytes_per_sec} {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ),
+    };
+    let moved = bar.clone();
+    let callback = carto::Progress::new(move |update| {
+        moved.set_position(update.bytes);
+        if update.finished {
+            moved.finish_and_clear();
+        }
+    });
+    (Some(bar), Some(callback))
+}

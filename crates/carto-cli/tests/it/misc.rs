@@ -1,0 +1,193 @@
+//! Credentials, profiles, `carto sql`, `carto server`, help.
+
+use std::os::unix::fs::PermissionsExt;
+
+use carto_sql_api::testing::TestServer;
+use predicates::prelude::*;
+
+use crate::support::{bare, carto, sql};
+
+#[test]
+fn missing_credentials_name_all_three_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    bare(dir.path())
+        .args(["sql", "SELECT 1"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--base-url and --api-key"))
+        .stderr(predicate::str::contains("CARTO_API_URL and CARTO_API_KEY"))
+        .stderr(predicate::str::contains("--profile NAME"));
+    bare(dir.path())
+        .args([
+            "--base-url",
+            "https://wrongurl",
+            "--api-key",
+            "k",
+            "sql",
+            "SELECT 1",
+        ])
+        .assert()
+        .failure();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_environment_and_flags() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    let dir = tempfile::tempdir().unwrap();
+    carto(&server, &user, dir.path())
+        .args(["profile", "add", "work"])
+        .assert()
+        .success();
+    let file = dir.path().join("profiles.toml");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // --profile before or after the subcommand.
+    for args in [
+        ["--profile", "work", "sql", "SELECT 7 AS n"],
+        ["sql", "SELECT 7 AS n", "--profile", "work"],
+    ] {
+        bare(dir.path())
+            .args(args)
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("\"n\":7"));
+    }
+    bare(dir.path())
+        .args(["profile", "list"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("work"))
+        .stderr(predicate::str::contains(user.api_key.as_str()).not());
+    // The environment.
+    bare(dir.path())
+        .env("CARTO_API_URL", server.base_url(&user))
+        .env("CARTO_API_KEY", &user.api_key)
+        .args(["sql", "SELECT 8 AS n"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("\"n\":8"));
+    bare(dir.path())
+        .args(["profile", "remove", "work"])
+        .assert()
+        .success();
+    bare(dir.path())
+        .args(["--profile", "work", "sql", "SELECT 1"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("no profile named 'work'"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_formats_and_errors() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    let dir = tempfile::tempdir().unwrap();
+    sql(&server, &user, "CREATE TABLE p (name text, the_geom geometry(Point, 4326)); INSERT INTO p VALUES ('a', 'SRID=4326;POINT(1 2)')").await;
+    carto(&server, &user, dir.path())
+        .args(["sql", "SELECT name FROM p", "--format", "csv"])
+        .assert()
+        .success()
+        .stdout("name\r\na\r\n");
+    carto(&server, &user, dir.path())
+        .args(["sql", "SELECT * FROM p", "--format", "geojson"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("\"coordinates\":[1,2]"));
+    carto(&server, &user, dir.path())
+        .args(["sql", "SELECT * FROM nope"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("relation \"nope\" does not exist"));
+    carto(&server, &user, dir.path())
+        .args(["--api-key", "wrong", "sql", "SELECT 1"])
+        .assert()
+        .failure();
+}
+
+#[test]
+fn server_without_carto_sql_api_says_how_to_get_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let lonely = dir.path().join("carto");
+    std::fs::copy(assert_cmd::cargo::cargo_bin("carto"), &lonely).unwrap();
+    assert_cmd::Command::new(&lonely)
+        .env("PATH", "")
+        .args(["server", "serve"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "cargo build --release -p carto-sql-api",
+        ));
+}
+
+#[test]
+fn help_reads_well() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["--help"],
+        vec!["copy", "from", "--help"],
+        vec!["copy", "to", "--help"],
+        vec!["transfer", "--help"],
+        vec!["import", "--help"],
+        vec!["batch", "--help"],
+        vec!["profile", "add", "--help"],
+    ] {
+        bare(dir.path())
+            .args(&args)
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("Usage: carto"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_jobs_run_and_failures_carry_their_reason() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = carto(&server, &user, dir.path())
+        .args([
+            "--json",
+            "batch",
+            "CREATE TABLE b (i int)",
+            "INSERT INTO b SELECT generate_series(1, 10)",
+        ])
+        .args(["--wait", "--poll-interval", "0.2"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(job["status"], "done");
+    assert_eq!(
+        sql(&server, &user, "SELECT count(*) AS n FROM b").await[0]["n"],
+        10
+    );
+
+    carto(&server, &user, dir.path())
+        .args([
+            "batch",
+            "SELECT * FROM nonexistent_table",
+            "--wait",
+            "--poll-interval",
+            "0.2",
+        ])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "relation \"nonexistent_table\" does not exist",
+        ));
+    // Without --wait the job is created and left to run.
+    carto(&server, &user, dir.path())
+        .args(["batch", "SELECT 1"])
+        .assert()
+        .success()
+        .stderr(
+            predicate::str::contains("pending")
+                .or(predicate::str::contains("running"))
+                .or(predicate::str::contains("done")),
+        );
+}
