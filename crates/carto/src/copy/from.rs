@@ -171,10 +171,14 @@ pub(super) async fn upload_file(
     let first = std::fs::File::open(path)?;
     let mut first = Some(first);
     let tracker = tracker(copy);
+    let attempt_tracker = tracker.clone();
     let source = || -> Result<BoxReader> {
         let file = match first.take() {
             Some(file) => file,
-            None => std::fs::File::open(path)?,
+            None => {
+                attempt_tracker.restart();
+                std::fs::File::open(path)?
+            }
         };
         Ok(Box::pin(tokio::fs::File::from_std(file)))
     };
