@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end on the embedded default: build, start carto-sql-api with its own
-# private PostgreSQL cluster, create a user, create a table, load a CSV of points through
-# /sql/copyfrom (gzip, chunked), read it back through /sql/copyto, check it, and stop.
+# private PostgreSQL cluster, create a user, then with the `carto` command line create a table,
+# load a CSV of points through /sql/copyfrom (gzip, chunked), read it back through
+# /sql/copyto, check it, import a CSV without writing SQL, and stop.
 #
 #   scripts/demo.sh            # 100,000 rows
 #   ROWS=1000000 scripts/demo.sh
@@ -12,9 +13,10 @@ ROWS=${ROWS:-100000}
 PORT=${PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 
 bash scripts/install-deps.sh
-echo "== building carto-sql-api (release)"
-cargo build --release --quiet -p carto-sql-api
-BIN=target/release/carto-sql-api
+echo "== building carto-sql-api and carto (release)"
+cargo build --release --quiet -p carto-sql-api -p carto-cli
+SERVER=target/release/carto-sql-api
+CARTO=target/release/carto
 
 # A throwaway data dir, readable by the 'postgres' user when this runs as root.
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/carto-demo.XXXXXX")
@@ -27,7 +29,7 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== starting carto-sql-api on 127.0.0.1:$PORT (embedded PostgreSQL under $WORK/data)"
-"$BIN" --data-dir "$WORK/data" serve --listen "127.0.0.1:$PORT" 2>"$WORK/server.log" &
+"$SERVER" --data-dir "$WORK/data" serve --listen "127.0.0.1:$PORT" 2>"$WORK/server.log" &
 SERVER_PID=$!
 for _ in $(seq 1 300); do
     curl -sf "http://127.0.0.1:$PORT/api/v2/version" >/dev/null && break
@@ -36,20 +38,15 @@ for _ in $(seq 1 300); do
 done
 
 echo "== creating user 'demo'"
-USER_JSON=$("$BIN" --data-dir "$WORK/data" user add demo --server-url "http://127.0.0.1:$PORT")
+USER_JSON=$("$SERVER" --data-dir "$WORK/data" user add demo --server-url "http://127.0.0.1:$PORT")
 echo "   $USER_JSON"
-KEY=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["api_key"])' "$USER_JSON")
-API="http://127.0.0.1:$PORT/user/demo/api/v2"
+export CARTO_API_URL CARTO_API_KEY CARTO_CONFIG_DIR="$WORK/config"
+CARTO_API_URL=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["base_url"])' "$USER_JSON")
+CARTO_API_KEY=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["api_key"])' "$USER_JSON")
 
-urlencode() { python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$1"; }
-
-sql() {
-    curl -sS --fail-with-body "$API/sql" --data-urlencode "api_key=$KEY" --data-urlencode "q=$1"
-    echo
-}
-
-echo "== creating table 'points'"
-sql "CREATE TABLE points (id int PRIMARY KEY, name text, value float8, the_geom geometry(Point, 4326))"
+echo "== carto sql: creating table 'points' and cartodbfying it"
+"$CARTO" sql "CREATE TABLE points (id int, name text, value float8, the_geom geometry(Point, 4326)); \
+              SELECT CDB_CartodbfyTable(current_schema, 'points')" >/dev/null
 
 echo "== generating $ROWS rows of CSV"
 awk -v n="$ROWS" 'BEGIN {
@@ -59,24 +56,32 @@ awk -v n="$ROWS" 'BEGIN {
 }' > "$WORK/points.csv"
 ls -l "$WORK/points.csv" | awk '{printf "   %s bytes\n", $5}'
 
-echo "== COPY FROM through /sql/copyfrom (gzip, chunked)"
-Q="COPY points (id, name, value, the_geom) FROM STDIN WITH (FORMAT csv, HEADER true)"
-gzip -1 -c "$WORK/points.csv" | curl -sS --fail-with-body \
-    -H 'Content-Type: application/octet-stream' -H 'Content-Encoding: gzip' -H 'Transfer-Encoding: chunked' \
-    --data-binary @- "$API/sql/copyfrom?api_key=$KEY&q=$(urlencode "$Q")"
-echo
+echo "== carto copy from: COPY FROM through /sql/copyfrom (gzip, chunked)"
+"$CARTO" copy from "$WORK/points.csv" --table points --columns id,name,value,the_geom --header
 
-echo "== COPY TO through /sql/copyto"
-Q="COPY (SELECT id, name, value, ST_AsEWKT(the_geom) FROM points ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER true)"
-curl -sS --fail-with-body --compressed -G --data-urlencode "api_key=$KEY" --data-urlencode "q=$Q" \
-    "$API/sql/copyto" -o "$WORK/back.csv"
-ls -l "$WORK/back.csv" | awk '{printf "   %s bytes\n", $5}'
+echo "== carto copy to: COPY TO through /sql/copyto"
+"$CARTO" copy to "$WORK/back.csv" \
+    --query "COPY (SELECT id, name, value, ST_AsEWKT(the_geom) AS the_geom FROM points ORDER BY id) TO STDOUT WITH (FORMAT csv, HEADER true)"
 
 echo "== checking the round trip"
-sql "SELECT count(*) AS rows, round(sum(value)::numeric, 3) AS value_sum FROM points"
-if [ "$(wc -l < "$WORK/back.csv")" -ne "$((ROWS + 1))" ]; then
-    echo "demo: expected $((ROWS + 1)) lines back, got $(wc -l < "$WORK/back.csv")" >&2
-    exit 1
-fi
+"$CARTO" sql "SELECT count(*) AS rows, round(sum(value)::numeric, 3) AS value_sum FROM points"
+python3 - "$WORK/points.csv" "$WORK/back.csv" <<'PY'
+import csv, re, sys
+def rows(path):
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            x, y = map(float, re.findall(r"-?[0-9.]+", r["the_geom"].split(";")[1]))
+            yield int(r["id"]), r["name"], float(r["value"]), x, y
+sent, back = list(rows(sys.argv[1])), list(rows(sys.argv[2]))
+assert len(sent) == len(back), f"{len(sent)} rows sent, {len(back)} read back"
+for a, b in zip(sent, back):
+    assert a[:2] == b[:2] and all(abs(p - q) < 1e-9 for p, q in zip(a[2:], b[2:])), (a, b)
+print(f"   all {len(back)} rows read back equal the rows loaded (ids, quoted names, values, points)")
+PY
 head -n 3 "$WORK/back.csv" | sed 's/^/   /'
+
+echo "== carto import: a CSV with mixed types and lon/lat columns, no SQL written"
+printf 'station,opened,active,depth_m,lat,lon\nBarcelona,1998-05-01,true,12.5,41.38,2.17\nMadrid,2003-11-20,false,,40.42,-3.70\n' > "$WORK/stations.csv"
+"$CARTO" import "$WORK/stations.csv" --table stations
+"$CARTO" sql "SELECT station, opened, active, depth_m, ST_AsText(the_geom) AS geom FROM stations ORDER BY station"
 echo "== done: $ROWS rows in and out; stopping the server and its cluster"
