@@ -35,7 +35,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::rows::RowEncoder;
+use crate::rows::{copy_statement, RowEncoder};
 use crate::{BatchQuery, CopyFromOutcome, Credentials, Job, JobStatus, SqlResponse};
 
 /// A blocking [`crate::Client`]. Cheap to clone; the runtime thread stops when the last
@@ -231,12 +231,7 @@ impl CopyClient {
         I: IntoIterator<Item = T>,
         T: Serialize,
     {
-        let columns_sql = columns
-            .iter()
-            .map(|c| format!("\"{}\"", c.replace('"', "\"\"")))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut writer = self.copy_from(&format!("COPY {table} ({columns_sql}) FROM STDIN"))?;
+        let mut writer = self.copy_from(&copy_statement(table, columns))?;
         let mut encoder = RowEncoder::new(columns.iter().map(|c| c.to_string()).collect());
         let mut line = BytesMut::new();
         for row in rows {

@@ -76,6 +76,12 @@ impl Tracker {
         })
     }
 
+    /// Starts the counts again, for a retried upload that sends its file again.
+    pub(crate) fn restart(&self) {
+        self.bytes.store(0, Ordering::Relaxed);
+        self.wire_bytes.store(0, Ordering::Relaxed);
+    }
+
     pub(crate) fn add_bytes(&self, n: usize) {
         self.bytes.fetch_add(n as u64, Ordering::Relaxed);
     }

@@ -10,8 +10,9 @@
 //! backslash, tab, newline and carriage return escaped (`\\`, `\t`, `\n`, `\r`), other
 //! characters (all of Unicode) as they are; a nested list or object → its JSON text (for
 //! `json`/`jsonb` columns); [`Geometry`] and [`Point`] → hex EWKB, which PostGIS reads into a
-//! `geometry` column faster than EWKT. Strings may not contain NUL (`\0`), which
-//! PostgreSQL text cannot hold; non-finite floats become NULL (serde_json has no NaN).
+//! `geometry` column faster than EWKT; floats' NaN and infinities as PostgreSQL spells them;
+//! bytes (`serde_bytes`) as `bytea`; a unit enum variant as its name. Strings may not contain
+//! NUL (`\0`), which PostgreSQL text cannot hold.
 
 use std::fmt::Write as _;
 
@@ -24,20 +25,54 @@ use crate::error::{Error, Result};
 /// SRID of WGS 84 longitude/latitude, CARTO's `the_geom`.
 pub const WGS84: i32 = 4326;
 
+mod ser;
+
 /// Encodes rows for one COPY: the column names decide how a struct's members are picked.
 #[derive(Debug, Clone)]
 pub struct RowEncoder {
     columns: Vec<String>,
+    spans: Vec<Option<(usize, usize)>>,
+    scratch: BytesMut,
 }
 
 impl RowEncoder {
     /// An encoder for rows of `columns`, in that order.
     pub fn new(columns: Vec<String>) -> Self {
-        RowEncoder { columns }
+        RowEncoder {
+            columns,
+            spans: Vec::new(),
+            scratch: BytesMut::new(),
+        }
     }
 
-    /// Appends `row` as one line of COPY text to `out`.
+    /// Appends `row` as one line of COPY text to `out`; on error `out` is left as it was.
     pub fn encode<T: Serialize + ?Sized>(&mut self, row: &T, out: &mut BytesMut) -> Result<()> {
+        let start = out.len();
+        let written = row.serialize(ser::Row {
+            columns: &self.columns,
+            out: &mut *out,
+            spans: &mut self.spans,
+            scratch: &mut self.scratch,
+        });
+        match written {
+            Ok(()) => Ok(()),
+            Err(ser::SerError::MapRow) => {
+                out.truncate(start);
+                self.encode_through_value(row, out)
+            }
+            Err(error) => {
+                out.truncate(start);
+                Err(Error::encode(error.to_string()))
+            }
+        }
+    }
+
+    /// Map rows: through `serde_json::Value`, whose members can be looked up by name.
+    fn encode_through_value<T: Serialize + ?Sized>(
+        &mut self,
+        row: &T,
+        out: &mut BytesMut,
+    ) -> Result<()> {
         let value = serde_json::to_value(row)
             .map_err(|e| Error::encode(format!("cannot serialize the row: {e}")))?;
         let start = out.len();
@@ -95,6 +130,16 @@ fn write_field(value: &Value, out: &mut BytesMut) -> Result<()> {
         nested => escape_into(&nested.to_string(), out)?,
     }
     Ok(())
+}
+
+/// `COPY {table} ("col", ...) FROM STDIN`: the table as the caller wrote it (SQL), the
+/// columns quoted as identifiers.
+pub(crate) fn copy_statement(table: &str, columns: &[&str]) -> String {
+    let columns: Vec<String> = columns
+        .iter()
+        .map(|c| format!("\"{}\"", c.replace('"', "\"\"")))
+        .collect();
+    format!("COPY {table} ({}) FROM STDIN", columns.join(", "))
 }
 
 /// Appends `text` escaped for COPY's text format.
@@ -363,6 +408,52 @@ mod tests {
         assert_eq!(
             Geometry::from_ewkt("POINT(1 2)").to_ewkb_hex(),
             "POINT(1 2)"
+        );
+    }
+
+    #[test]
+    fn floats_bytes_enums_and_maps() {
+        #[derive(Serialize)]
+        enum Kind {
+            Rain,
+        }
+        #[derive(Serialize)]
+        struct Wrapped(i32);
+        let row = (
+            f64::NAN,
+            f64::INFINITY,
+            f32::NEG_INFINITY,
+            0.1f32,
+            serde_bytes_like(&[0, 0xab, 0xff]),
+            Kind::Rain,
+            Wrapped(7),
+            std::collections::BTreeMap::from([("k", 1)]),
+        );
+        assert_eq!(
+            encode(&["a", "b", "c", "d", "e", "f", "g", "h"], &row).unwrap(),
+            "NaN\tInfinity\t-Infinity\t0.1\t\\\\x00abff\tRain\t7\t{\"k\":1}\n"
+        );
+        // A map row picks its members by name, like a struct.
+        let map = std::collections::HashMap::from([("b", "x"), ("a", "y")]);
+        assert_eq!(encode(&["a", "b", "c"], &map).unwrap(), "y\tx\t\\N\n");
+    }
+
+    /// Bytes serialized as bytes (what `serde_bytes` does), not as a list of numbers.
+    fn serde_bytes_like(bytes: &[u8]) -> impl Serialize + '_ {
+        struct B<'a>(&'a [u8]);
+        impl Serialize for B<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(self.0)
+            }
+        }
+        B(bytes)
+    }
+
+    #[test]
+    fn column_names_are_quoted() {
+        assert_eq!(
+            copy_statement("public.t", &["id", "My \"col\""]),
+            "COPY public.t (\"id\", \"My \"\"col\"\"\") FROM STDIN"
         );
     }
 

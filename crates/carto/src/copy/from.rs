@@ -4,6 +4,7 @@
 //! → chunks of `chunk_size` → chunked HTTP body. Each stage pulls from the one before, so a
 //! slow server slows the source instead of filling memory.
 
+use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +25,7 @@ use super::CopyClient;
 use crate::error::{Error, Result};
 use crate::progress::{Direction, Tracker};
 use crate::retry::RetryPolicy;
-use crate::rows::RowEncoder;
+use crate::rows::{copy_statement, RowEncoder};
 
 /// Chunks waiting between a sink and the HTTP body: small, it is the back-pressure.
 const SINK_CHANNEL_CHUNKS: usize = 2;
@@ -170,10 +171,14 @@ pub(super) async fn upload_file(
     let first = std::fs::File::open(path)?;
     let mut first = Some(first);
     let tracker = tracker(copy);
+    let attempt_tracker = tracker.clone();
     let source = || -> Result<BoxReader> {
         let file = match first.take() {
             Some(file) => file,
-            None => std::fs::File::open(path)?,
+            None => {
+                attempt_tracker.restart();
+                std::fs::File::open(path)?
+            }
         };
         Ok(Box::pin(tokio::fs::File::from_std(file)))
     };
@@ -190,13 +195,7 @@ where
     S: Stream<Item = T> + Send,
     T: Serialize,
 {
-    let columns_sql = columns
-        .iter()
-        .map(|c| format!("\"{}\"", c.replace('"', "\"\"")))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sql = format!("COPY {table} ({columns_sql}) FROM STDIN");
-    let mut sink = start_sink(copy, &sql)?;
+    let mut sink = start_sink(copy, &copy_statement(table, columns))?;
     let mut encoder = RowEncoder::new(columns.iter().map(|c| c.to_string()).collect());
     let mut buffer = BytesMut::with_capacity(copy.chunk_size);
     let mut rows = std::pin::pin!(rows);
@@ -336,8 +335,6 @@ impl CopyFromSink {
         }
     }
 }
-
-use std::future::Future;
 
 impl CopyFromSink {
     /// Waits for a free slot in the channel to the request.

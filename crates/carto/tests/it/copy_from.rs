@@ -340,3 +340,41 @@ async fn geometries_of_every_kind_arrive_intact() {
         .collect();
     assert_eq!(back, expected);
 }
+
+#[tokio::test]
+async fn floats_and_bytes_arrive_exactly() {
+    struct Blob(Vec<u8>);
+    impl serde::Serialize for Blob {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(&self.0)
+        }
+    }
+    let (server, user, client) = setup().await;
+    create(&client, "CREATE TABLE fb (id int, f float8, b bytea)").await;
+    let rows = vec![
+        (1, f64::NAN, Blob(vec![0, 0xab, 0xff, b'\\', b'\t'])),
+        (2, f64::NEG_INFINITY, Blob(Vec::new())),
+        (3, 0.1 + 0.2, Blob(b"plain".to_vec())),
+    ];
+    client
+        .copy()
+        .copy_from_rows("fb", &["id", "f", "b"], futures::stream::iter(rows))
+        .await
+        .unwrap();
+    let checks: Vec<bool> = server
+        .superuser_client(&user)
+        .await
+        .query(
+            "SELECT (id = 1 AND f = 'NaN'::float8 AND b = '\\x00abff5c09'::bytea) \
+                 OR (id = 2 AND f = '-Infinity'::float8 AND b = ''::bytea) \
+                 OR (id = 3 AND f = 0.30000000000000004::float8 AND b = 'plain'::bytea) \
+             FROM fb ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(checks, [true, true, true]);
+}

@@ -96,12 +96,22 @@ async fn copy_to_and_file_uploads_are_retried_streams_are_not() {
     let path = dir.path().join("t.csv");
     std::fs::write(&path, csv_rows(100)).unwrap();
     let q = "COPY t FROM STDIN WITH (FORMAT csv, HEADER true)";
+    let size = std::fs::metadata(&path).unwrap().len();
     for _ in 0..2 {
-        let outcome = client.copy().copy_from_file(q, &path).await.unwrap();
+        let last = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let seen = last.clone();
+        let copy = client.copy().with_progress(carto::Progress::new(move |p| {
+            if p.finished {
+                *seen.lock().unwrap() = Some(p.bytes);
+            }
+        }));
+        let outcome = copy.copy_from_file(q, &path).await.unwrap();
         assert_eq!(
             outcome.total_rows, 100,
             "the file is sent whole on the retry"
         );
+        // A retry starts the counts again: progress never passes the file's size.
+        assert_eq!(*last.lock().unwrap(), Some(size));
     }
     // A stream is consumed by the first attempt: a refusal comes back as it is.
     let error = client
