@@ -201,6 +201,7 @@ def main():
     parser.add_argument("--carto", default=str(ROOT / "target/release/carto"))
     parser.add_argument("--out", default=str(ROOT / "docs/bench"), help="where results go")
     parser.add_argument("--no-chart", action="store_true")
+    parser.add_argument("--only", choices=["points", "plain"], help="run one dataset only")
     args = parser.parse_args()
 
     carto_bin = args.carto if Path(args.carto).exists() else None
@@ -220,6 +221,8 @@ def main():
             ("plain", "plain", ["ext_id", "name", "value"], False),
         ]
         for label, table, columns, geometry in datasets:
+            if args.only and table != args.only:
+                continue
             path = work / f"{table}.csv"
             generate(path, args.rows, geometry)
             size = path.stat().st_size

@@ -8,7 +8,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use deadpool_postgres::Object;
 use futures::{Stream, StreamExt};
 use tokio_postgres::CopyOutStream;
@@ -20,8 +20,12 @@ use crate::error::ApiError;
 pub struct CopyToBody {
     client: Option<Object>,
     inner: Pin<Box<CopyOutStream>>,
+    buffer: BytesMut,
     finished: bool,
 }
+
+/// Largest chunk handed to hyper (the SDK's and `/sql`'s chunk size too).
+const CHUNK: usize = 64 * 1024;
 
 /// Starts `sql` (a checked `COPY ... TO STDOUT`) on `client`.
 pub async fn copy_to(client: Object, sql: &str) -> Result<CopyToBody, ApiError> {
@@ -29,6 +33,7 @@ pub async fn copy_to(client: Object, sql: &str) -> Result<CopyToBody, ApiError> 
         Ok(stream) => Ok(CopyToBody {
             client: Some(client),
             inner: Box::pin(stream),
+            buffer: BytesMut::new(),
             finished: false,
         }),
         Err(error) => {
@@ -41,27 +46,42 @@ pub async fn copy_to(client: Object, sql: &str) -> Result<CopyToBody, ApiError> 
 impl Stream for CopyToBody {
     type Item = Result<Bytes, std::io::Error>;
 
+    /// PostgreSQL sends one CopyData message per row; passed on one by one they become one
+    /// HTTP chunk (and one write) per row. Rows that are already here are gathered into
+    /// chunks of up to [`CHUNK`]; whatever is gathered goes out as soon as PostgreSQL pauses.
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.finished {
-            return Poll::Ready(None);
-        }
-        match self.inner.poll_next_unpin(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(chunk))) => Poll::Ready(Some(Ok(chunk))),
-            Poll::Ready(None) => {
-                // Done: the connection goes back to the pool in a clean state.
-                self.finished = true;
-                self.client.take();
-                Poll::Ready(None)
+        loop {
+            if self.finished {
+                return Poll::Ready(None);
             }
-            Poll::Ready(Some(Err(error))) => {
-                self.finished = true;
-                if let Some(client) = self.client.take() {
-                    discard(client);
+            match self.inner.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    self.buffer.extend_from_slice(&chunk);
+                    if self.buffer.len() >= CHUNK {
+                        return Poll::Ready(Some(Ok(self.buffer.split().freeze())));
+                    }
                 }
-                let error = ApiError::from_pg(&error);
-                tracing::info!(error = %error, "COPY TO failed after streaming began");
-                Poll::Ready(Some(Ok(Bytes::from(error.to_json()))))
+                Poll::Pending if self.buffer.is_empty() => return Poll::Pending,
+                Poll::Pending => return Poll::Ready(Some(Ok(self.buffer.split().freeze()))),
+                Poll::Ready(None) => {
+                    // Done: the connection goes back to the pool in a clean state.
+                    self.finished = true;
+                    self.client.take();
+                    if self.buffer.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    return Poll::Ready(Some(Ok(self.buffer.split().freeze())));
+                }
+                Poll::Ready(Some(Err(error))) => {
+                    self.finished = true;
+                    if let Some(client) = self.client.take() {
+                        discard(client);
+                    }
+                    let error = ApiError::from_pg(&error);
+                    tracing::info!(error = %error, "COPY TO failed after streaming began");
+                    self.buffer.extend_from_slice(error.to_json().as_bytes());
+                    return Poll::Ready(Some(Ok(self.buffer.split().freeze())));
+                }
             }
         }
     }
