@@ -188,7 +188,10 @@ def contenders(server, carto_bin, python, direction, table, columns, path, out):
         yield "psql \\copy", ["psql", "-v", "ON_ERROR_STOP=1", "-c",
                                f"\\copy {table} ({cols}) TO '{out}' WITH (FORMAT csv, HEADER true)"], server.psql_env
         if carto_bin:
-            yield "carto", [carto_bin, "--base-url", server.base_url, "--api-key", key, "--quiet", "copy", "to", str(out), "--query", sql], None
+            base = [carto_bin, "--base-url", server.base_url, "--api-key", key, "--quiet", "copy", "to", str(out), "--query", sql]
+            # On loopback carto asks for no gzip by default; --compress shows what gzip costs.
+            yield "carto", base, None
+            yield "carto (gzip)", base + ["--compress"], None
         yield "carto-python", [python, str(HERE / "carto_python_copy.py"), "to", server.base_url, key, sql, str(out)], None
         yield "curl", ["curl", "-sS", "--fail", "-o", str(out), f"{api}/sql/copyto?api_key={key}&q={q}"], None
 

@@ -143,8 +143,12 @@ pub struct CopyToArgs {
     #[arg(long)]
     pub append: bool,
     /// Ask for an uncompressed download.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "compress")]
     pub no_compress: bool,
+    /// Ask for a gzip-compressed download even from a server on this machine (by default only
+    /// remote servers are asked to compress: on loopback it only costs CPU on both sides).
+    #[arg(long)]
+    pub compress: bool,
 }
 
 /// `carto sql`
