@@ -32,6 +32,10 @@ use crate::sql::MAX_GET_QUERY_LEN;
 /// PostgreSQL's DETAIL and HINT, a few hundred bytes as a rule; 64 KiB leaves a wide margin.
 pub(crate) const TAIL_WINDOW: usize = 64 * 1024;
 
+/// Writes to a file are gathered into this much: each write of a `tokio::fs::File` is a trip
+/// to the blocking thread pool, and the network hands over chunks of a few KiB.
+const FILE_BUFFER: usize = 256 * 1024;
+
 /// What starts the server's appended error object.
 const ERROR_PREFIX: &[u8] = b"{\"error\":";
 
@@ -255,7 +259,10 @@ pub(super) async fn to_file(
             .open(path)
             .await?;
         let before = file.metadata().await?.len();
-        match to_writer(copy, sql, &mut file).await {
+        let mut buffered = tokio::io::BufWriter::with_capacity(FILE_BUFFER, &mut file);
+        let written = to_writer(copy, sql, &mut buffered).await;
+        drop(buffered);
+        match written {
             Ok(n) => {
                 file.sync_all().await?;
                 Ok(n)
@@ -271,7 +278,9 @@ pub(super) async fn to_file(
         let temp = temp_path(path);
         let outcome = async {
             let mut file = tokio::fs::File::create(&temp).await?;
-            let n = to_writer(copy, sql, &mut file).await?;
+            let mut buffered = tokio::io::BufWriter::with_capacity(FILE_BUFFER, &mut file);
+            let n = to_writer(copy, sql, &mut buffered).await?;
+            drop(buffered);
             file.sync_all().await?;
             drop(file);
             tokio::fs::rename(&temp, path).await?;
