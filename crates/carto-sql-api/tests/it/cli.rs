@@ -12,6 +12,27 @@ fn carto_sql_api(data_dir: &std::path::Path, args: &[&str]) -> Command {
     command
 }
 
+/// The body of the first answer to `url` once the server listens (15 s at most).
+async fn first_answer(url: &str) -> String {
+    for _ in 0..150 {
+        if let Ok(response) = reqwest::get(url).await {
+            return response.text().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the server never answered {url}");
+}
+
+/// Stops a `serve` with SIGTERM; it must exit successfully.
+fn terminate(serve: &mut std::process::Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(serve.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(serve.wait().unwrap().success());
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -59,15 +80,7 @@ async fn user_add_serve_and_shutdown_on_the_embedded_default() {
         .spawn()
         .unwrap();
     let url = format!("http://{listen}/user/alice/api/v2/sql?api_key=secret&q=SELECT%201%20AS%20x");
-    let mut answer = None;
-    for _ in 0..150 {
-        if let Ok(response) = reqwest::get(&url).await {
-            answer = Some(response.text().await.unwrap());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let answer = answer.expect("the server answers");
+    let answer = first_answer(&url).await;
     assert!(answer.contains("\"rows\":[{\"x\":1}]"), "{answer}");
 
     let while_serving = carto_sql_api(dir.path(), &["user", "add", "bob"])
@@ -82,12 +95,7 @@ async fn user_add_serve_and_shutdown_on_the_embedded_default() {
     let answer = reqwest::get(&url).await.unwrap().text().await.unwrap();
     assert!(answer.contains("\"rows\":[{\"y\":2}]"), "{answer}");
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(serve.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(serve.wait().unwrap().success());
+    terminate(&mut serve);
     assert!(
         !files.join("data/postmaster.pid").exists(),
         "the cluster is still running after the server stopped"
@@ -120,20 +128,7 @@ async fn user_add_right_after_serve_waits_for_the_first_start() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let url = format!("http://{listen}/user/carol/api/v2/sql?api_key=k&q=SELECT%203%20AS%20z");
-    let mut answer = None;
-    for _ in 0..150 {
-        if let Ok(response) = reqwest::get(&url).await {
-            answer = Some(response.text().await.unwrap());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(answer.expect("the server answers").contains("\"z\":3"));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(serve.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(serve.wait().unwrap().success());
+    assert!(first_answer(&url).await.contains("\"z\":3"));
+    terminate(&mut serve);
     let _ = std::fs::remove_dir_all(&files);
 }
