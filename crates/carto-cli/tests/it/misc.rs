@@ -191,3 +191,55 @@ async fn batch_jobs_run_and_failures_carry_their_reason() {
                 .or(predicate::str::contains("done")),
         );
 }
+
+/// A bar on a terminal (run under `script`, which gives the command a pseudo-terminal), and
+/// nothing but the summary when stderr is a pipe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_bars_only_on_a_terminal() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    let dir = tempfile::tempdir().unwrap();
+    sql(&server, &user, "CREATE TABLE big (id int, payload text)").await;
+    let file = dir.path().join("big.tsv");
+    let payload = "x".repeat(200);
+    let rows: String = (0..200_000).map(|i| format!("{i}\t{payload}\n")).collect();
+    std::fs::write(&file, rows).unwrap();
+    let copy_args = |carto: &str| {
+        format!(
+            "{carto} --base-url {} --api-key {} copy from {} --table big --format text",
+            server.base_url(&user),
+            user.api_key,
+            file.display()
+        )
+    };
+
+    let piped = carto(&server, &user, dir.path())
+        .args(["copy", "from"])
+        .arg(&file)
+        .args(["--table", "big", "--format", "text"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    assert_eq!(
+        String::from_utf8_lossy(&piped.stderr).lines().count(),
+        1,
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+
+    let carto_bin = assert_cmd::cargo::cargo_bin("carto");
+    let on_terminal = std::process::Command::new("script")
+        .args([
+            "-qfec",
+            &copy_args(&carto_bin.display().to_string()),
+            "/dev/null",
+        ])
+        .env("CARTO_CONFIG_DIR", dir.path())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&on_terminal.stdout);
+    assert!(on_terminal.status.success(), "{shown}");
+    assert!(shown.contains("ETA"), "no progress bar drawn: {shown}");
+    assert!(shown.contains("copied 200000 rows"), "{shown}");
+}
