@@ -12,6 +12,22 @@ fn carto_sql_api(data_dir: &std::path::Path, args: &[&str]) -> Command {
     command
 }
 
+/// Starts `serve` on a free port of 127.0.0.1; returns the process and its address.
+fn spawn_serve(data_dir: &std::path::Path) -> (std::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let serve = carto_sql_api(data_dir, &["serve", "--listen", &listen])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (serve, listen)
+}
+
 /// The body of the first answer to `url` once the server listens (15 s at most).
 async fn first_answer(url: &str) -> String {
     for _ in 0..150 {
@@ -68,17 +84,7 @@ async fn user_add_serve_and_shutdown_on_the_embedded_default() {
         stderr(&again)
     );
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut serve = carto_sql_api(dir.path(), &["serve", "--listen", &listen])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut serve, listen) = spawn_serve(dir.path());
     let url = format!("http://{listen}/user/alice/api/v2/sql?api_key=secret&q=SELECT%201%20AS%20x");
     let answer = first_answer(&url).await;
     assert!(answer.contains("\"rows\":[{\"x\":1}]"), "{answer}");
@@ -112,17 +118,7 @@ async fn user_add_right_after_serve_waits_for_the_first_start() {
         .tempdir()
         .unwrap();
     let files = EmbeddedCluster::files_dir(&EmbeddedOptions::new(dir.path())).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut serve = carto_sql_api(dir.path(), &["serve", "--listen", &listen])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut serve, listen) = spawn_serve(dir.path());
     let out = carto_sql_api(dir.path(), &["user", "add", "carol", "--api-key", "k"])
         .output()
         .unwrap();
