@@ -135,6 +135,36 @@ impl TestServer {
     }
 }
 
+impl TestServer {
+    /// Backends of `user`'s database, other than the asking one, running a statement that
+    /// starts with `prefix` (case-insensitive).
+    pub async fn running_statements(&self, user: &TestUser, prefix: &str) -> i64 {
+        self.superuser_client(user)
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                   AND query ILIKE $1 || '%' AND state <> 'idle'",
+                &[&prefix],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0)
+    }
+
+    /// Waits until no backend of `user`'s database runs a statement starting with `prefix`;
+    /// false if one is still there after 15 s.
+    pub async fn backends_gone(&self, user: &TestUser, prefix: &str) -> bool {
+        for _ in 0..150 {
+            if self.running_statements(user, prefix).await == 0 {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        false
+    }
+}
+
 impl Drop for TestServer {
     /// Stops serving at once and aborts the batch workers, as if the process died.
     fn drop(&mut self) {

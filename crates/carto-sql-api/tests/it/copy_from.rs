@@ -8,7 +8,7 @@ use carto_sql_api::testing::{TestServer, TestUser};
 use carto_sql_api::Config;
 use futures::StreamExt;
 
-use crate::support::{backends_gone, copy_from, count, error_of, http, sql};
+use crate::support::{copy_from, count, error_of, http, sql};
 
 const CSV_COPY: &str =
     "COPY copy_test (id, name) FROM STDIN WITH (FORMAT CSV, DELIMITER ',', HEADER true)";
@@ -290,7 +290,7 @@ async fn a_client_that_disconnects_leaves_no_rows_and_no_backend() {
         .await;
     assert!(result.is_err() || result.unwrap().status() != 200);
     assert!(
-        backends_gone(&server, &user, "COPY").await,
+        server.backends_gone(&user, "COPY").await,
         "a backend is still in COPY"
     );
     assert_eq!(count(&server, &user, "copy_test").await, 0);

@@ -5,7 +5,7 @@ use std::io::Read;
 use carto_sql_api::testing::{TestServer, TestUser};
 use futures::StreamExt;
 
-use crate::support::{backends_gone, copy_to, error_of, http, sql};
+use crate::support::{copy_to, error_of, http, sql};
 
 async fn with_table(server: &TestServer) -> TestUser {
     let user = server.create_user().await;
@@ -178,7 +178,7 @@ async fn a_client_abort_cancels_the_backend() {
     assert!(!first.is_empty());
     drop(stream);
     assert!(
-        backends_gone(&server, &user, "COPY").await,
+        server.backends_gone(&user, "COPY").await,
         "the COPY is still running"
     );
 }

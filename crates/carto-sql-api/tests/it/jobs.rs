@@ -12,7 +12,7 @@ use carto_sql_api::testing::{TestServer, TestUser};
 use carto_sql_api::Config;
 use serde_json::{json, Value};
 
-use crate::support::{backends_gone, error_of, http, sql};
+use crate::support::{error_of, http, sql};
 
 fn jobs_url(server: &TestServer, user: &TestUser) -> String {
     format!("{}/sql/job", server.api_url(user))
@@ -348,7 +348,7 @@ async fn cancel_a_running_job() {
     let prefix = format!("/* {id} */");
     // `running` comes as the job is claimed; its query starts a moment later.
     let start = Instant::now();
-    while backends_gone_now(&server, &user, &prefix).await {
+    while server.running_statements(&user, &prefix).await == 0 {
         assert!(
             start.elapsed() < Duration::from_secs(10),
             "the job's query never started"
@@ -362,7 +362,7 @@ async fn cancel_a_running_job() {
         (200, &json!("cancelled")),
         "{job}"
     );
-    assert!(backends_gone(&server, &user, &prefix).await);
+    assert!(server.backends_gone(&user, &prefix).await);
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
@@ -377,21 +377,6 @@ async fn job_status(server: &TestServer, user: &TestUser, id: &str) -> String {
         .as_str()
         .unwrap()
         .to_string()
-}
-
-async fn backends_gone_now(server: &TestServer, user: &TestUser, prefix: &str) -> bool {
-    let n: i64 = server
-        .superuser_client(user)
-        .await
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-             AND query LIKE $1 || '%' AND state <> 'idle'",
-            &[&prefix],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    n == 0
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@ use futures::StreamExt;
 use reqwest::Response;
 use serde_json::{json, Value};
 
-use crate::support::{self, error_of, http, sql};
+use crate::support::{error_of, http, sql};
 
 #[tokio::test]
 async fn create_query_and_drop_through_the_api() {
@@ -806,7 +806,7 @@ async fn a_client_leaving_mid_stream_cancels_the_query() {
     let first = stream.next().await.unwrap().unwrap();
     assert!(first.starts_with(b"{\"rows\":["));
     drop(stream);
-    assert!(support::backends_gone(&server, &user, "SELECT i, repeat").await);
+    assert!(server.backends_gone(&user, "SELECT i, repeat").await);
 }
 
 #[tokio::test]
@@ -826,7 +826,7 @@ async fn a_client_leaving_before_the_first_row_cancels_the_query() {
         .send()
         .await;
     assert!(result.is_err(), "answered before the sleep ended");
-    assert!(support::backends_gone(&server, &user, "SELECT pg_sleep(60)").await);
+    assert!(server.backends_gone(&user, "SELECT pg_sleep(60)").await);
 }
 
 #[tokio::test]

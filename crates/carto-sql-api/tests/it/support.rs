@@ -1,7 +1,5 @@
 //! Shared helpers for the integration tests.
 
-use std::time::Duration;
-
 use carto_sql_api::testing::{TestServer, TestUser};
 use serde_json::Value;
 
@@ -84,27 +82,4 @@ pub fn error_of(body: &Value) -> &str {
     body["error"][0]
         .as_str()
         .unwrap_or_else(|| panic!("no error in {body}"))
-}
-
-/// Waits until no backend of `user`'s database runs a statement starting with `prefix`
-/// (other than the checking one); false if one is still there after 15 s.
-pub async fn backends_gone(server: &TestServer, user: &TestUser, prefix: &str) -> bool {
-    let client = server.superuser_client(user).await;
-    for _ in 0..150 {
-        let n: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND pid <> pg_backend_pid() \
-                   AND query ILIKE $1 || '%' AND state <> 'idle'",
-                &[&prefix],
-            )
-            .await
-            .expect("pg_stat_activity")
-            .get(0);
-        if n == 0 {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
 }

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use carto::{Client, CopyClient, Progress};
 use futures::StreamExt;
 
-use crate::support::{backends_gone, count, create, csv_rows, host_client, setup};
+use crate::support::{count, create, csv_rows, host_client, setup};
 
 const CSV_Q: &str = "COPY t (id, name) FROM STDIN WITH (FORMAT csv, HEADER true)";
 
@@ -126,7 +126,7 @@ async fn dropping_an_unfinished_sink_commits_nothing() {
         } else {
             drop(sink);
         }
-        assert!(backends_gone(&server, &user, "COPY t").await);
+        assert!(server.backends_gone(&user, "COPY t").await);
         assert_eq!(count(&server, &user, "t").await, 0);
     }
     // The connection pool is still usable afterwards.
@@ -154,7 +154,7 @@ async fn a_failing_stream_aborts_the_upload() {
     assert!(error.is_io(), "{error:?}");
     let cause = std::error::Error::source(&error).map(|s| s.to_string());
     assert_eq!(cause.as_deref(), Some("disk on fire"));
-    assert!(backends_gone(&server, &user, "COPY t").await);
+    assert!(server.backends_gone(&user, "COPY t").await);
     assert_eq!(count(&server, &user, "t").await, 0);
 }
 
@@ -255,7 +255,7 @@ async fn a_row_that_cannot_be_encoded_aborts_the_upload() {
         .await
         .unwrap_err();
     assert!(error.to_string().contains("NUL"), "{error}");
-    assert!(backends_gone(&server, &user, "COPY t").await);
+    assert!(server.backends_gone(&user, "COPY t").await);
     assert_eq!(count(&server, &user, "t").await, 0);
 }
 

@@ -224,7 +224,7 @@ async fn piping_copy_to_into_copy_from() {
         .unwrap_err();
     assert!(error.is_mid_stream(), "{error:?}");
     assert_eq!(error.messages(), ["division by zero"]);
-    assert!(crate::support::backends_gone(&server, &user, "COPY dest").await);
+    assert!(server.backends_gone(&user, "COPY dest").await);
     assert_eq!(crate::support::count(&server, &user, "dest").await, 0);
 }
 
@@ -245,5 +245,5 @@ async fn dropping_the_stream_cancels_the_query() {
     let first = stream.next().await.unwrap().unwrap();
     assert!(!first.is_empty());
     drop(stream);
-    assert!(crate::support::backends_gone(&server, &user, "COPY (SELECT i, repeat").await);
+    assert!(server.backends_gone(&user, "COPY (SELECT i, repeat").await);
 }

@@ -57,25 +57,3 @@ pub fn csv_rows(n: usize) -> String {
     }
     csv
 }
-
-/// Waits until no backend of `user`'s database runs a statement starting with `prefix`.
-pub async fn backends_gone(server: &TestServer, user: &TestUser, prefix: &str) -> bool {
-    let client = server.superuser_client(user).await;
-    for _ in 0..150 {
-        let n: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND pid <> pg_backend_pid() \
-                   AND query ILIKE $1 || '%' AND state <> 'idle'",
-                &[&prefix],
-            )
-            .await
-            .expect("pg_stat_activity")
-            .get(0);
-        if n == 0 {
-            return true;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    false
-}
