@@ -12,7 +12,7 @@ use rand::Rng;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::db::{connect, quote_ident, quote_literal, RoleLogin};
+use crate::db::{self, connect, password_literal, quote_ident, RoleLogin};
 
 mod keys;
 pub use keys::{Grant, KeyInfo, NewKey, TABLE_PRIVILEGES};
@@ -94,10 +94,12 @@ impl Accounts {
     /// Connects with the superuser settings `admin`, creating the metadata database and the
     /// user template on first use.
     pub async fn open(admin: tokio_postgres::Config) -> Result<Self> {
+        let admin = db::privileged(&admin);
         bootstrap(&admin).await?;
-        let mut meta_config = admin.clone();
-        meta_config.dbname(META_DB);
-        let manager = deadpool_postgres::Manager::new(meta_config, tokio_postgres::NoTls);
+        let manager = deadpool_postgres::Manager::new(
+            db::private_database(&admin, META_DB),
+            tokio_postgres::NoTls,
+        );
         let meta = deadpool_postgres::Pool::builder(manager)
             .max_size(8)
             .build()
@@ -197,7 +199,7 @@ impl Accounts {
                 "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
                  PASSWORD {}",
                 quote_ident(role),
-                quote_literal(password)
+                password_literal(password)
             )
         };
         let steps = async {
@@ -305,20 +307,29 @@ async fn bootstrap(admin: &tokio_postgres::Config) -> Result<()> {
                 client
                     .batch_execute(&format!("CREATE DATABASE {}", quote_ident(db)))
                     .await?;
-                let mut config = admin.clone();
-                config.dbname(db);
                 let setup = if db == META_DB {
                     META_SCHEMA
                 } else {
                     TEMPLATE_SCHEMA
                 };
-                connect(&config)
+                connect(&db::private_database(admin, db))
                     .await?
                     .batch_execute(setup)
                     .await
                     .with_context(|| format!("setting up database {db}"))?;
             }
         }
+        // A role of ours may connect to its own user's database and nothing else: not the
+        // metadata (key hashes, role passwords), not the template, not the maintenance
+        // database. Every start says so again, in case an operator's tool granted it back.
+        client
+            .batch_execute(&format!(
+                "REVOKE CONNECT, TEMPORARY ON DATABASE {}, {}, postgres FROM PUBLIC",
+                quote_ident(META_DB),
+                quote_ident(TEMPLATE_DB)
+            ))
+            .await
+            .context("revoking CONNECT on the server's own databases")?;
         anyhow::Ok(())
     }
     .await;

@@ -238,6 +238,46 @@ pub fn discard(client: Object) {
     drop(client);
 }
 
+/// What every privileged (superuser) session is started with: a `search_path` that no tenant
+/// can write to. A user's database defaults to `search_path = public, cartodb`, and the tenant
+/// owns `public`: there it can create an operator, aggregate or function whose argument types
+/// match a call more exactly than pg_catalog's (`=(oid, regclass)`, `count(boolean)`) and so
+/// run its own code as the superuser. Given at connect time, the setting outranks database and
+/// role defaults; `pg_temp` is named last so that not even the session's own temporary schema
+/// comes before pg_catalog.
+const PRIVILEGED_SEARCH_PATH: &str = "-c search_path=pg_catalog,pg_temp";
+
+/// The metadata and template databases keep their objects in `public`, which only the superuser
+/// can reach (CONNECT on both is revoked from PUBLIC), so their sessions create objects there
+/// and find them there (after pg_catalog, which an unlisted pg_catalog always comes first).
+const PRIVATE_SEARCH_PATH: &str = "-c search_path=public";
+
+/// The superuser settings `admin` made safe for privileged work in any database: every session
+/// opened from them (or from a clone with another `dbname`) resolves unqualified names in
+/// pg_catalog only. The operator's own startup options are kept; ours come last and win.
+pub fn privileged(admin: &tokio_postgres::Config) -> tokio_postgres::Config {
+    with_options(admin, PRIVILEGED_SEARCH_PATH)
+}
+
+/// The superuser settings for `database`, one that no tenant can reach (the metadata and template
+/// databases), from [`privileged`] ones.
+pub fn private_database(admin: &tokio_postgres::Config, database: &str) -> tokio_postgres::Config {
+    let mut config = with_options(admin, PRIVATE_SEARCH_PATH);
+    config.dbname(database);
+    config
+}
+
+fn with_options(config: &tokio_postgres::Config, options: &str) -> tokio_postgres::Config {
+    let mut config = config.clone();
+    let joined = match config.get_options() {
+        Some(existing) if existing.ends_with(options) => existing.to_string(),
+        Some(existing) if !existing.is_empty() => format!("{existing} {options}"),
+        _ => options.to_string(),
+    };
+    config.options(&joined);
+    config
+}
+
 /// Connects once, outside any pool (provisioning and metadata set-up).
 pub async fn connect(
     config: &tokio_postgres::Config,
@@ -254,6 +294,15 @@ pub async fn connect(
 /// Quotes an SQL identifier.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `password` as a SCRAM-SHA-256 verifier, quoted for `CREATE ROLE ... PASSWORD`: PostgreSQL
+/// stores what it is given, so the plaintext never travels in SQL text, where a statement log
+/// (ours at debug level, or the server's for a failed statement) could show it.
+pub fn password_literal(password: &str) -> String {
+    quote_literal(&postgres_protocol::password::scram_sha_256(
+        password.as_bytes(),
+    ))
 }
 
 /// Quotes an SQL string literal.

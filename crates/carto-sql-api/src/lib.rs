@@ -98,6 +98,7 @@ impl Server {
     /// Opens the server on the cluster reached with the superuser settings `admin` (used for
     /// metadata and provisioning only), creating its metadata on first use.
     pub async fn open(admin: tokio_postgres::Config, config: Config) -> Result<Self> {
+        let admin = db::privileged(&admin);
         let accounts = Accounts::open(admin.clone()).await?;
         let pools = Pools::new(&admin, config.pool_size);
         migrate(

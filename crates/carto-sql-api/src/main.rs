@@ -155,13 +155,7 @@ enum UserCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,tokio_postgres=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -177,6 +171,32 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`) — except that the database driver
+/// never logs below `info`, whatever `RUST_LOG` says: at debug level it writes every statement
+/// with its parameters, which carry key hashes and role passwords.
+fn init_logging() {
+    use tracing_subscriber::filter::{filter_fn, EnvFilter};
+    use tracing_subscriber::prelude::*;
+
+    const DRIVER_TARGETS: [&str; 3] = ["tokio_postgres", "postgres_protocol", "deadpool"];
+    let no_driver_statements = filter_fn(|metadata| {
+        *metadata.level() <= tracing::Level::INFO
+            || !DRIVER_TARGETS
+                .iter()
+                .any(|target| metadata.target().starts_with(target))
+    });
+    let from_env = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn"));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(from_env)
+                .with_filter(no_driver_statements),
+        )
+        .init();
 }
 
 async fn run(cli: Cli) -> Result<()> {

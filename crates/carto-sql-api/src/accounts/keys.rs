@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::{random_token, token_hash, Accounts, DEFAULT_PUBLIC};
-use crate::db::{connect, quote_ident, quote_literal};
+use crate::db::{connect, password_literal, quote_ident};
 
 /// Table privileges a key may be given.
 pub const TABLE_PRIVILEGES: [&str; 7] = [
@@ -213,7 +213,7 @@ impl Accounts {
                     "CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
                      NOINHERIT PASSWORD {password}; GRANT CONNECT ON DATABASE {db} TO {role}",
                     role = quote_ident(&role),
-                    password = quote_literal(&password),
+                    password = password_literal(&password),
                     db = quote_ident(&user.database),
                 ))
                 .await?;
@@ -250,9 +250,13 @@ impl Accounts {
                     // Inserting into a serial (e.g. cartodb_id) column draws from its sequence.
                     let sequences = tx
                         .query(
-                            "SELECT d.objid::regclass::text FROM pg_depend d \
-                             JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
-                             WHERE d.refobjid = $1::text::regclass AND d.deptype IN ('a', 'i')",
+                            "SELECT d.objid::pg_catalog.regclass::pg_catalog.text \
+                             FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class s \
+                               ON s.oid OPERATOR(pg_catalog.=) d.objid \
+                              AND s.relkind OPERATOR(pg_catalog.=) 'S' \
+                             WHERE d.refobjid OPERATOR(pg_catalog.=) \
+                                   $1::pg_catalog.text::pg_catalog.regclass::pg_catalog.oid \
+                               AND d.deptype OPERATOR(pg_catalog.=) ANY ('{a,i}')",
                             &[&grant.quoted_table()],
                         )
                         .await?;
@@ -346,7 +350,10 @@ async fn drop_key_role(admin: &tokio_postgres::Config, database: &str, role: &st
     config.dbname(database);
     let user_db = connect(&config).await?;
     let exists = user_db
-        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) $1",
+            &[&role],
+        )
         .await?
         .is_some();
     if !exists {
@@ -358,7 +365,8 @@ async fn drop_key_role(admin: &tokio_postgres::Config, database: &str, role: &st
     let server = connect(admin).await?;
     server
         .execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+            "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity \
+             WHERE usename OPERATOR(pg_catalog.=) $1",
             &[&role],
         )
         .await?;

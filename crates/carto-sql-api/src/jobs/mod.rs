@@ -546,8 +546,8 @@ async fn cancel_backend(admin: &tokio_postgres::Config, database: &str, id: &str
     let client = connect(admin).await?;
     let rows = client
         .query(
-            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
-             WHERE datname = $1 AND query LIKE $2",
+            "SELECT pg_catalog.pg_cancel_backend(pid) FROM pg_catalog.pg_stat_activity \
+             WHERE datname OPERATOR(pg_catalog.=) $1 AND query OPERATOR(pg_catalog.~~) $2",
             &[&database, &format!("/* {id} */%")],
         )
         .await?;

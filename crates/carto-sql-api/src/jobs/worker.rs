@@ -43,9 +43,10 @@ const EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
 /// the superuser; job roles may only insert).
 const MARKERS_SQL: &str = "CREATE TABLE IF NOT EXISTS cartodb.cdb_batch_runs ( \
         job_id text NOT NULL, step text NOT NULL, \
-        committed_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (job_id, step)); \
+        committed_at timestamptz NOT NULL DEFAULT pg_catalog.now(), PRIMARY KEY (job_id, step)); \
     REVOKE ALL ON cartodb.cdb_batch_runs FROM PUBLIC; \
-    DELETE FROM cartodb.cdb_batch_runs WHERE committed_at < now() - interval '7 days'";
+    DELETE FROM cartodb.cdb_batch_runs WHERE committed_at OPERATOR(pg_catalog.<) \
+        (pg_catalog.now() OPERATOR(pg_catalog.-) interval '7 days')";
 
 /// Step name of a simple job's query.
 pub(super) const SIMPLE_STEP: &str = "s";
@@ -108,10 +109,8 @@ impl Drop for OwnedConnection {
 }
 
 fn meta_config(inner: &Inner) -> tokio_postgres::Config {
-    let mut config = inner.admin.clone();
-    config
-        .dbname(META_DB)
-        .application_name("carto-sql-api batch");
+    let mut config = crate::db::private_database(&inner.admin, META_DB);
+    config.application_name("carto-sql-api batch");
     config
 }
 
@@ -822,8 +821,12 @@ async fn committed_steps(
     loop {
         let alive: i64 = user_db
             .query_one(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-                 WHERE query LIKE $1 AND state <> 'idle' AND pid <> pg_backend_pid()",
+                "SELECT pg_catalog.count(pg_catalog.pg_terminate_backend(pid)) \
+                 FROM pg_catalog.pg_stat_activity \
+                 WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database() \
+                   AND query OPERATOR(pg_catalog.~~) $1 \
+                   AND state OPERATOR(pg_catalog.<>) 'idle' \
+                   AND pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()",
                 &[&prefix],
             )
             .await?
@@ -838,7 +841,7 @@ async fn committed_steps(
     }
     let exists: bool = user_db
         .query_one(
-            "SELECT to_regclass('cartodb.cdb_batch_runs') IS NOT NULL",
+            "SELECT pg_catalog.to_regclass('cartodb.cdb_batch_runs') IS NOT NULL",
             &[],
         )
         .await?
@@ -848,7 +851,7 @@ async fn committed_steps(
     }
     let rows = user_db
         .query(
-            "SELECT step FROM cartodb.cdb_batch_runs WHERE job_id = $1",
+            "SELECT step FROM cartodb.cdb_batch_runs WHERE job_id OPERATOR(pg_catalog.=) $1",
             &[&id],
         )
         .await?;

@@ -14,12 +14,7 @@ fn carto_sql_api(data_dir: &std::path::Path, args: &[&str]) -> Command {
 
 /// Starts `serve` on a free port of 127.0.0.1; returns the process and its address.
 fn spawn_serve(data_dir: &std::path::Path) -> (std::process::Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = crate::support::free_local_addr();
     let serve = carto_sql_api(data_dir, &["serve", "--listen", &listen])
         .stdout(Stdio::null())
         .stderr(Stdio::null())

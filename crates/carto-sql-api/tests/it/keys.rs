@@ -4,10 +4,10 @@
 use std::process::Command;
 
 use carto_sql_api::accounts::Grant;
-use carto_sql_api::testing::{cluster, TestServer};
+use carto_sql_api::testing::TestServer;
 use serde_json::{json, Value};
 
-use crate::support::{error_of, http, sql};
+use crate::support::{cli, database_url, error_of, http, sql};
 
 fn grants(list: &[&str]) -> Vec<Grant> {
     list.iter().map(|g| g.parse().unwrap()).collect()
@@ -224,44 +224,6 @@ async fn list_and_delete_keys() {
         .is_err());
 }
 
-/// `--database-url` for the test cluster, in key=value form (it is reached by Unix socket).
-fn database_url() -> String {
-    let config = cluster();
-    let mut parts = Vec::new();
-    for host in config.get_hosts() {
-        if let tokio_postgres::config::Host::Unix(path) = host {
-            parts.push(format!("host={}", path.display()));
-        }
-    }
-    for port in config.get_ports() {
-        parts.push(format!("port={port}"));
-    }
-    if let Some(user) = config.get_user() {
-        parts.push(format!("user={user}"));
-    }
-    if let Some(password) = config.get_password() {
-        parts.push(format!("password={}", String::from_utf8_lossy(password)));
-    }
-    parts.push("dbname=postgres".into());
-    parts.join(" ")
-}
-
-fn cli(args: &[&str]) -> (bool, Value, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_carto-sql-api"))
-        .arg("--database-url")
-        .arg(database_url())
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-    (
-        out.status.success(),
-        json,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test]
 async fn cli_manages_keys_and_limits() {
     let server = TestServer::start().await;
@@ -342,12 +304,7 @@ async fn cli_manages_keys_and_limits() {
 async fn serve_takes_rate_limit_flags() {
     let server = TestServer::start().await;
     let user = server.create_user().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = crate::support::free_local_addr();
     let mut serve = Command::new(env!("CARGO_BIN_EXE_carto-sql-api"))
         .arg("--database-url")
         .arg(database_url())

@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests.
 
-use carto_sql_api::testing::{TestServer, TestUser};
+use std::process::Command;
+
+use carto_sql_api::testing::{cluster, TestServer, TestUser};
 use serde_json::Value;
 
 /// An HTTP client that leaves compression to the test.
@@ -82,4 +84,50 @@ pub fn error_of(body: &Value) -> &str {
     body["error"][0]
         .as_str()
         .unwrap_or_else(|| panic!("no error in {body}"))
+}
+
+/// `--database-url` for the test cluster, in key=value form (it is reached by Unix socket).
+pub fn database_url() -> String {
+    let config = cluster();
+    let mut parts = Vec::new();
+    for host in config.get_hosts() {
+        if let tokio_postgres::config::Host::Unix(path) = host {
+            parts.push(format!("host={}", path.display()));
+        }
+    }
+    for port in config.get_ports() {
+        parts.push(format!("port={port}"));
+    }
+    if let Some(user) = config.get_user() {
+        parts.push(format!("user={user}"));
+    }
+    if let Some(password) = config.get_password() {
+        parts.push(format!("password={}", String::from_utf8_lossy(password)));
+    }
+    parts.push("dbname=postgres".into());
+    parts.join(" ")
+}
+
+/// Runs the admin CLI (`carto-sql-api ARGS`) on the test cluster: success, stdout as JSON, stderr.
+pub fn cli(args: &[&str]) -> (bool, Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_carto-sql-api"))
+        .arg("--database-url")
+        .arg(database_url())
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    (
+        out.status.success(),
+        json,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `127.0.0.1:PORT` with a port free at the time of asking, for a `serve --listen`.
+pub fn free_local_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port = listener.local_addr().expect("its address").port();
+    format!("127.0.0.1:{port}")
 }
