@@ -35,7 +35,6 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::rows::{copy_statement, RowEncoder};
 use crate::{BatchQuery, CopyFromOutcome, Credentials, Job, JobStatus, SqlResponse};
 
 /// A blocking [`crate::Client`]. Cheap to clone; the runtime thread stops when the last
@@ -231,18 +230,10 @@ impl CopyClient {
         I: IntoIterator<Item = T>,
         T: Serialize,
     {
-        let mut writer = self.copy_from(&copy_statement(table, columns))?;
-        let mut encoder = RowEncoder::new(columns.iter().map(|c| c.to_string()).collect());
-        let mut line = BytesMut::new();
-        for row in rows {
-            encoder.encode(&row, &mut line)?;
-            if let Some(sink) = &writer.sink {
-                sink.tracker.add_rows(1);
-            }
-            writer.write_all(&line)?;
-            line.clear();
-        }
-        writer.finish()
+        // `block_on` polls the upload on this thread, so the iterator need not be `Send`.
+        let rows = futures::stream::iter(rows);
+        self.runtime
+            .block_on(self.inner.copy_from_rows(table, columns, rows))
     }
 
     /// Runs `sql` (a `COPY ... TO STDOUT`) and returns its output as an `io::Read`. A
@@ -258,18 +249,8 @@ impl CopyClient {
 
     /// See [`crate::CopyClient::copy_to_writer`].
     pub fn copy_to_writer(&self, sql: &str, writer: &mut dyn Write) -> Result<u64> {
-        let mut reader = self.copy_to(sql)?;
-        let mut written = 0u64;
-        loop {
-            let chunk = reader.next_chunk()?;
-            if chunk.is_empty() {
-                break;
-            }
-            writer.write_all(&chunk)?;
-            written += chunk.len() as u64;
-        }
-        writer.flush()?;
-        Ok(written)
+        self.runtime
+            .block_on(self.inner.copy_to_writer(sql, &mut BlockingWrite(writer)))
     }
 
     /// See [`crate::CopyClient::copy_to_file`].
@@ -371,5 +352,35 @@ impl Read for CopyToReader {
         buf[..n].copy_from_slice(&self.current[..n]);
         self.current.advance(n);
         Ok(n)
+    }
+}
+
+/// A blocking `io::Write` as an `AsyncWrite`, for driving the async implementation with
+/// `block_on`: the future is polled on the caller's own thread, so a write that blocks only
+/// blocks the caller, as a blocking API does. (tokio-util's `SyncIoBridge` is the other way
+/// round: an async writer used from blocking code.)
+struct BlockingWrite<'a>(&'a mut dyn Write);
+
+impl tokio::io::AsyncWrite for BlockingWrite<'_> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(self.get_mut().0.write(data))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(self.get_mut().0.flush())
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.poll_flush(context)
     }
 }

@@ -192,7 +192,7 @@ pub(super) async fn upload_rows<S, T>(
     rows: S,
 ) -> Result<CopyFromOutcome>
 where
-    S: Stream<Item = T> + Send,
+    S: Stream<Item = T>,
     T: Serialize,
 {
     let mut sink = start_sink(copy, &copy_statement(table, columns))?;

@@ -155,7 +155,7 @@ impl CopyClient {
         rows: S,
     ) -> Result<CopyFromOutcome>
     where
-        S: Stream<Item = T> + Send,
+        S: Stream<Item = T>,
         T: Serialize,
     {
         from::upload_rows(self, table, columns, rows).await

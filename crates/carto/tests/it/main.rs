@@ -4,6 +4,7 @@
 mod batch;
 mod big_upload;
 mod blocking;
+mod conformance;
 mod copy_bench;
 mod copy_errors;
 mod copy_from;
