@@ -7,10 +7,17 @@
 //! with `FOR UPDATE SKIP LOCKED`, and runs its queries on a connection authenticated as the
 //! role of the key that created the job. A running job whose user lock nobody holds was left by
 //! a server that died: any server re-queues it (`docs/batch.md` says why re-queue, not fail).
+//!
+//! `model` is what a job is, `http` its endpoints, `dispatch` the per-server loop that hands
+//! users to workers, `runner` one job's steps, `recovery` the re-queueing of orphans and
+//! `expiry` the forgetting of old jobs.
 
+mod dispatch;
+mod expiry;
 pub(crate) mod http;
 pub mod model;
-mod worker;
+mod recovery;
+mod runner;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -25,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::accounts::User;
 use crate::db::connect;
 use crate::error::ApiError;
-use model::{entries_mut, initial_query, set, status_of, Kind, Status};
+use model::{initial_query, JobQuery, Kind, Status};
 
 /// Batch settings.
 #[derive(Debug, Clone)]
@@ -91,7 +98,7 @@ CREATE TABLE IF NOT EXISTS batch_limits (
 "#;
 
 /// Columns read into a [`JobRow`], in its order.
-const COLUMNS: &str = "job_id, username, db_role, kind, query, status, failed_reason, \
+const COLUMNS: &str = "job_id, username, db_role, query, status, failed_reason, \
     fallback_status, restarts, \
     to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
     to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')";
@@ -112,8 +119,7 @@ pub(crate) struct JobRow {
     pub id: String,
     pub username: String,
     pub db_role: String,
-    pub kind: Kind,
-    pub query: Value,
+    pub query: JobQuery,
     pub status: Status,
     pub failed_reason: Option<String>,
     pub fallback_status: Option<Status>,
@@ -124,19 +130,17 @@ pub(crate) struct JobRow {
 
 impl JobRow {
     fn from_row(row: &tokio_postgres::Row) -> Self {
-        let query: String = row.get(4);
         JobRow {
             id: row.get(0),
             username: row.get(1),
             db_role: row.get(2),
-            kind: Kind::parse(row.get(3)),
-            query: serde_json::from_str(&query).unwrap_or(Value::String(query)),
-            status: Status::parse(row.get(5)),
-            failed_reason: row.get(6),
-            fallback_status: row.get::<_, Option<&str>>(7).map(Status::parse),
-            restarts: row.get(8),
-            created_at: row.get(9),
-            updated_at: row.get(10),
+            query: JobQuery::from_text(row.get(3)),
+            status: Status::parse(row.get(4)),
+            failed_reason: row.get(5),
+            fallback_status: row.get::<_, Option<&str>>(6).map(Status::parse),
+            restarts: row.get(7),
+            created_at: row.get(8),
+            updated_at: row.get(9),
         }
     }
 
@@ -145,7 +149,10 @@ impl JobRow {
         let mut job = Map::new();
         job.insert("job_id".into(), self.id.clone().into());
         job.insert("user".into(), self.username.clone().into());
-        job.insert("query".into(), self.query.clone());
+        job.insert(
+            "query".into(),
+            serde_json::to_value(&self.query).unwrap_or(Value::Null),
+        );
         job.insert("status".into(), self.status.as_str().into());
         if let Some(reason) = &self.failed_reason {
             job.insert("failed_reason".into(), reason.clone().into());
@@ -167,8 +174,8 @@ impl JobRow {
     /// if its commit marker (`steps`, the job's `cdb_batch_runs` rows) says it committed, else
     /// pending again.
     pub fn recover(&mut self, steps: &HashSet<String>) {
-        if self.kind == Kind::Simple {
-            self.status = if steps.contains(worker::SIMPLE_STEP) {
+        if self.query.kind() == Kind::Simple {
+            self.status = if steps.contains(runner::SIMPLE_STEP) {
                 Status::Done
             } else {
                 Status::Pending
@@ -178,32 +185,27 @@ impl JobRow {
         self.status = Status::Pending;
         let committed = |step: String| steps.contains(&step);
         if self.fallback_status == Some(Status::Running) {
-            self.fallback_status = Some(if committed(worker::JOB_FALLBACK_STEP.into()) {
+            self.fallback_status = Some(if committed(runner::JOB_FALLBACK_STEP.into()) {
                 Status::Done
             } else {
                 Status::Pending
             });
         }
-        if let Some(entries) = entries_mut(self.kind, &mut self.query) {
-            for (i, entry) in entries.iter_mut().enumerate() {
-                if status_of(entry, "status") == Some(Status::Running) {
-                    if committed(worker::query_step(i)) {
-                        set(entry, "status", Status::Done.as_str());
-                    } else {
-                        set(entry, "status", Status::Pending.as_str());
-                        if let Value::Object(map) = entry {
-                            map.remove("started_at");
-                        }
-                    }
+        for (i, query) in self.query.queries_mut().iter_mut().enumerate() {
+            if query.status == Status::Running {
+                if committed(runner::query_step(i)) {
+                    query.status = Status::Done;
+                } else {
+                    query.status = Status::Pending;
+                    query.started_at = None;
                 }
-                if status_of(entry, "fallback_status") == Some(Status::Running) {
-                    let status = if committed(worker::fallback_step(i)) {
-                        Status::Done
-                    } else {
-                        Status::Pending
-                    };
-                    set(entry, "fallback_status", status.as_str());
-                }
+            }
+            if query.fallback_status == Some(Status::Running) {
+                query.fallback_status = Some(if committed(runner::fallback_step(i)) {
+                    Status::Done
+                } else {
+                    Status::Pending
+                });
             }
         }
     }
@@ -260,7 +262,7 @@ impl Jobs {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if dispatcher.is_none() && self.inner.config.workers > 0 {
-            *dispatcher = Some(tokio::spawn(worker::dispatch(self.clone())));
+            *dispatcher = Some(tokio::spawn(dispatch::dispatch(self.clone())));
         }
     }
 
@@ -300,7 +302,7 @@ impl Jobs {
         db_role: &str,
         query: Option<&Value>,
     ) -> Result<Value, ApiError> {
-        let (kind, query, fallback_status) = initial_query(query)?;
+        let (query, fallback_status) = initial_query(query)?;
         let id = uuid::Uuid::new_v4().to_string();
         let mut client = self.inner.meta.get().await?;
         let tx = client.transaction().await?;
@@ -333,8 +335,8 @@ impl Jobs {
                     &id,
                     &user.username,
                     &db_role,
-                    &kind.as_str(),
-                    &query.to_string(),
+                    &query.kind().as_str(),
+                    &query.to_text(),
                     &fallback_status.map(Status::as_str),
                 ],
             )
@@ -375,7 +377,7 @@ impl Jobs {
         let mut job = JobRow::from_row(&row);
         let was = job.status;
         if !was.can_become(Status::Cancelled) {
-            return Err(ApiError::bad_request(match job.kind {
+            return Err(ApiError::bad_request(match job.query.kind() {
                 Kind::Fallback => "Cannot set status to cancelled".to_string(),
                 _ => format!("Cannot set status from {was} to cancelled"),
             }));
@@ -390,7 +392,7 @@ impl Jobs {
                 &[
                     &job.id,
                     &job.status.as_str(),
-                    &job.query.to_string(),
+                    &job.query.to_text(),
                     &job.fallback_status.map(Status::as_str),
                 ],
             )
@@ -413,7 +415,7 @@ impl Jobs {
         id: &str,
         query: Option<&Value>,
     ) -> Result<Value, ApiError> {
-        let (kind, query, fallback_status) = initial_query(query)?;
+        let (query, fallback_status) = initial_query(query)?;
         let client = self.inner.meta.get().await?;
         let row = client
             .query_opt(
@@ -426,8 +428,8 @@ impl Jobs {
                 &[
                     &id,
                     &user.username,
-                    &kind.as_str(),
-                    &query.to_string(),
+                    &query.kind().as_str(),
+                    &query.to_text(),
                     &fallback_status.map(Status::as_str),
                 ],
             )
@@ -511,26 +513,22 @@ fn lock_id(user: &User) -> i32 {
 /// have followed skipped (fallback jobs) or left pending (array jobs, as after a failure).
 fn mark_cancelled(job: &mut JobRow) {
     job.status = Status::Cancelled;
-    let kind = job.kind;
-    if let Some(entries) = entries_mut(kind, &mut job.query) {
-        let mut cancelled_one = false;
-        for entry in entries.iter_mut() {
-            match status_of(entry, "status") {
-                Some(Status::Running) | Some(Status::Pending) if !cancelled_one => {
-                    set(entry, "status", Status::Cancelled.as_str());
-                    cancelled_one = true;
-                }
-                Some(Status::Pending) if kind == Kind::Fallback => {
-                    set(entry, "status", Status::Skipped.as_str());
-                }
-                _ => {}
+    let kind = job.query.kind();
+    let mut cancelled_one = false;
+    for query in job.query.queries_mut() {
+        match query.status {
+            Status::Running | Status::Pending if !cancelled_one => {
+                query.status = Status::Cancelled;
+                cancelled_one = true;
             }
-            if matches!(
-                status_of(entry, "fallback_status"),
-                Some(Status::Pending) | Some(Status::Running)
-            ) {
-                set(entry, "fallback_status", Status::Skipped.as_str());
-            }
+            Status::Pending if kind == Kind::Fallback => query.status = Status::Skipped,
+            _ => {}
+        }
+        if matches!(
+            query.fallback_status,
+            Some(Status::Pending) | Some(Status::Running)
+        ) {
+            query.fallback_status = Some(Status::Skipped);
         }
     }
     if matches!(

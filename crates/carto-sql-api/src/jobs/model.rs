@@ -4,12 +4,14 @@
 
 use std::fmt;
 
-use serde_json::{Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Number, Value};
 
 use crate::error::ApiError;
 
 /// Status of a job, a query of an array or fallback job, or a fallback.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Waiting in its user's queue.
     Pending,
@@ -21,10 +23,11 @@ pub enum Status {
     Failed,
     /// Cancelled by its user.
     Cancelled,
-    /// Never produced (kept for the wire's sake).
-    Unknown,
     /// Not run because an earlier query failed (queries and fallbacks only).
     Skipped,
+    /// Never produced (kept for the wire's sake); also what an unknown spelling reads as.
+    #[serde(other)]
+    Unknown,
 }
 
 impl Status {
@@ -91,41 +94,148 @@ impl Kind {
             Kind::Fallback => "fallback",
         }
     }
+}
 
-    /// Parses a stored name.
-    pub fn parse(text: &str) -> Kind {
-        match text {
-            "array" => Kind::Array,
-            "fallback" => Kind::Fallback,
-            _ => Kind::Simple,
+/// A job's `query` member in one of the three shapes of §7.1, with the statuses the job JSON
+/// shows (§7.2). It is stored as that JSON, so what clients read is what the runner wrote.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum JobQuery {
+    /// One SQL string.
+    Simple(String),
+    /// Queries run in order.
+    Array(Vec<Query>),
+    /// Queries with fallbacks of their own, and fallbacks of the whole job.
+    Fallback(FallbackJob),
+}
+
+/// One query of an array or fallback job, as the job JSON shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Query {
+    /// The SQL.
+    pub query: String,
+    /// SQL to run after it succeeds (fallback jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onsuccess: Option<String>,
+    /// SQL to run after it fails (fallback jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onerror: Option<String>,
+    /// Its own timeout in milliseconds (fallback jobs), as the client gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Number>,
+    /// Where it is.
+    pub status: Status,
+    /// Where its fallback is, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_status: Option<Status>,
+    /// When it started, ISO 8601.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// When it ended, ISO 8601.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+    /// PostgreSQL's message when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_reason: Option<String>,
+    /// Members a client added: kept and shown as they came, as upstream does.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// The `query` member of a fallback job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FallbackJob {
+    /// The queries, in order.
+    pub query: Vec<Query>,
+    /// SQL to run once every query succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onsuccess: Option<String>,
+    /// SQL to run once a query failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onerror: Option<String>,
+}
+
+impl JobQuery {
+    /// The shape.
+    pub fn kind(&self) -> Kind {
+        match self {
+            JobQuery::Simple(_) => Kind::Simple,
+            JobQuery::Array(_) => Kind::Array,
+            JobQuery::Fallback(_) => Kind::Fallback,
+        }
+    }
+
+    /// The queries of an array or fallback job (none for a simple one).
+    pub fn queries(&self) -> &[Query] {
+        match self {
+            JobQuery::Simple(_) => &[],
+            JobQuery::Array(queries) => queries,
+            JobQuery::Fallback(job) => &job.query,
+        }
+    }
+
+    /// The queries of an array or fallback job, to update their statuses.
+    pub fn queries_mut(&mut self) -> &mut [Query] {
+        match self {
+            JobQuery::Simple(_) => &mut [],
+            JobQuery::Array(queries) => queries,
+            JobQuery::Fallback(job) => &mut job.query,
+        }
+    }
+
+    /// The stored text (the job JSON's `query`).
+    pub fn to_text(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads the stored text; a text that is not a job's JSON is a simple job's SQL.
+    pub fn from_text(text: &str) -> JobQuery {
+        serde_json::from_str(text).unwrap_or_else(|_| JobQuery::Simple(text.to_string()))
+    }
+}
+
+impl Query {
+    /// A pending query with nothing else set.
+    fn pending(sql: String) -> Query {
+        Query {
+            query: sql,
+            onsuccess: None,
+            onerror: None,
+            timeout: None,
+            status: Status::Pending,
+            fallback_status: None,
+            started_at: None,
+            ended_at: None,
+            failed_reason: None,
+            extra: Map::new(),
         }
     }
 }
 
-/// Checks a request's `query` member and returns the job's shape and its `query` as the job
-/// JSON shows it, every query and fallback `pending`; plus the job's own `fallback_status`.
-pub fn initial_query(query: Option<&Value>) -> Result<(Kind, Value, Option<Status>), ApiError> {
+/// Checks a request's `query` member and returns the job's `query` as the job JSON shows it,
+/// every query and fallback `pending`, and the job's own `fallback_status`.
+pub fn initial_query(query: Option<&Value>) -> Result<(JobQuery, Option<Status>), ApiError> {
     let no_class = || ApiError::bad_request("there is no job class for the provided query");
     let no_sql = || ApiError::bad_request("You must indicate a valid SQL");
+    let text = |value: Option<&Value>| match value {
+        None => Ok(None),
+        Some(Value::String(sql)) => Ok(Some(sql.clone())),
+        Some(_) => Err(no_class()),
+    };
     match query {
         None | Some(Value::Null) => Err(no_sql()),
         Some(Value::String(sql)) if sql.trim().is_empty() => Err(no_sql()),
-        Some(Value::String(sql)) => Ok((Kind::Simple, Value::String(sql.clone()), None)),
+        Some(Value::String(sql)) => Ok((JobQuery::Simple(sql.clone()), None)),
         Some(Value::Array(list)) if list.is_empty() => Err(no_sql()),
         Some(Value::Array(list)) => {
-            let entries = list
+            let queries = list
                 .iter()
                 .map(|q| match q {
-                    Value::String(sql) => {
-                        let mut entry = Map::new();
-                        entry.insert("query".into(), Value::String(sql.clone()));
-                        entry.insert("status".into(), Status::Pending.as_str().into());
-                        Ok(Value::Object(entry))
-                    }
+                    Value::String(sql) => Ok(Query::pending(sql.clone())),
                     _ => Err(no_class()),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok((Kind::Array, Value::Array(entries), None))
+            Ok((JobQuery::Array(queries), None))
         }
         Some(Value::Object(job)) => {
             let Some(Value::Array(list)) = job.get("query") else {
@@ -134,73 +244,56 @@ pub fn initial_query(query: Option<&Value>) -> Result<(Kind, Value, Option<Statu
             if list.is_empty() {
                 return Err(no_sql());
             }
-            for key in ["onsuccess", "onerror"] {
-                if !matches!(job.get(key), None | Some(Value::String(_))) {
-                    return Err(no_class());
-                }
-            }
-            let mut entries = Vec::new();
+            let onsuccess = text(job.get("onsuccess"))?;
+            let onerror = text(job.get("onerror"))?;
+            let mut queries = Vec::new();
             for entry in list {
                 let Value::Object(entry) = entry else {
                     return Err(no_class());
                 };
-                let mut entry = entry.clone();
-                if !matches!(entry.get("query"), Some(Value::String(_))) {
+                let mut extra = entry.clone();
+                let Some(Value::String(sql)) = extra.remove("query") else {
                     return Err(no_class());
-                }
-                for key in ["onsuccess", "onerror"] {
-                    if !matches!(entry.get(key), None | Some(Value::String(_))) {
-                        return Err(no_class());
-                    }
-                }
-                match entry.get("timeout") {
-                    None | Some(Value::Number(_)) => {}
+                };
+                let mut query = Query::pending(sql);
+                query.onsuccess = text(extra.remove("onsuccess").as_ref())?;
+                query.onerror = text(extra.remove("onerror").as_ref())?;
+                query.timeout = match extra.remove("timeout") {
+                    None => None,
+                    Some(Value::Number(ms)) => Some(ms),
                     // Urlencoded bodies carry numbers as text.
                     Some(Value::String(text)) => {
-                        let ms: u64 = text.trim().parse().map_err(|_| no_class())?;
-                        entry.insert("timeout".into(), ms.into());
+                        Some(text.trim().parse::<u64>().map_err(|_| no_class())?.into())
                     }
                     Some(_) => return Err(no_class()),
+                };
+                // Statuses are the server's to say, whatever the client sent.
+                for key in [
+                    "status",
+                    "fallback_status",
+                    "started_at",
+                    "ended_at",
+                    "failed_reason",
+                ] {
+                    extra.remove(key);
                 }
-                entry.insert("status".into(), Status::Pending.as_str().into());
-                if entry.contains_key("onsuccess") || entry.contains_key("onerror") {
-                    entry.insert("fallback_status".into(), Status::Pending.as_str().into());
+                if query.onsuccess.is_some() || query.onerror.is_some() {
+                    query.fallback_status = Some(Status::Pending);
                 }
-                entries.push(Value::Object(entry));
+                query.extra = extra;
+                queries.push(query);
             }
-            let mut query = Map::new();
-            query.insert("query".into(), Value::Array(entries));
-            for key in ["onsuccess", "onerror"] {
-                if let Some(value) = job.get(key) {
-                    query.insert(key.into(), value.clone());
-                }
-            }
-            let fallback = (job.contains_key("onsuccess") || job.contains_key("onerror"))
-                .then_some(Status::Pending);
-            Ok((Kind::Fallback, Value::Object(query), fallback))
+            let fallback = (onsuccess.is_some() || onerror.is_some()).then_some(Status::Pending);
+            Ok((
+                JobQuery::Fallback(FallbackJob {
+                    query: queries,
+                    onsuccess,
+                    onerror,
+                }),
+                fallback,
+            ))
         }
         Some(_) => Err(no_class()),
-    }
-}
-
-/// The entries (queries with statuses) of an array or fallback job's `query`.
-pub fn entries_mut(kind: Kind, query: &mut Value) -> Option<&mut Vec<Value>> {
-    match kind {
-        Kind::Simple => None,
-        Kind::Array => query.as_array_mut(),
-        Kind::Fallback => query.get_mut("query").and_then(Value::as_array_mut),
-    }
-}
-
-/// The status recorded in an entry (or an entry's `fallback_status` with `key`).
-pub fn status_of(entry: &Value, key: &str) -> Option<Status> {
-    entry.get(key).and_then(Value::as_str).map(Status::parse)
-}
-
-/// Sets `key` of an entry object.
-pub fn set(entry: &mut Value, key: &str, value: impl Into<Value>) {
-    if let Value::Object(map) = entry {
-        map.insert(key.to_string(), value.into());
     }
 }
 
@@ -209,20 +302,16 @@ pub fn set(entry: &mut Value, key: &str, value: impl Into<Value>) {
 pub fn fill_template(sql: &str, name: &str, value: &str) -> String {
     let mut out = String::with_capacity(sql.len());
     let mut rest = sql;
-    while let Some(start) = rest.find("<%=") {
-        let after = &rest[start + 3..];
-        let matched = after
-            .find("%>")
-            .and_then(|end| (after[..end].trim() == name).then_some(start + 3 + end + 2));
-        match matched {
-            Some(end) => {
-                out.push_str(&rest[..start]);
+    while let Some((before, after)) = rest.split_once("<%=") {
+        out.push_str(before);
+        match after.split_once("%>") {
+            Some((inner, tail)) if inner.trim() == name => {
                 out.push_str(value);
-                rest = &rest[end..];
+                rest = tail;
             }
-            None => {
-                out.push_str(&rest[..start + 3]);
-                rest = &rest[start + 3..];
+            _ => {
+                out.push_str("<%=");
+                rest = after;
             }
         }
     }
@@ -253,31 +342,29 @@ pub fn nested_form(pairs: &[(String, String)]) -> Value {
 const MAX_DEPTH: usize = 8;
 
 fn key_path(key: &str) -> Vec<String> {
-    let Some(open) = key.find('[') else {
+    let Some((name, mut rest)) = key.split_once('[') else {
         return vec![key.to_string()];
     };
-    let mut path = vec![key[..open].to_string()];
-    let mut rest = &key[open..];
-    while let Some(stripped) = rest.strip_prefix('[') {
+    let mut path = vec![name.to_string()];
+    loop {
         if path.len() > MAX_DEPTH {
-            path.push(rest.to_string());
+            path.push(format!("[{rest}"));
             return path;
         }
-        match stripped.find(']') {
-            Some(close) => {
-                path.push(stripped[..close].to_string());
-                rest = &stripped[close + 1..];
+        let Some((name, tail)) = rest.split_once(']') else {
+            // Not a nesting after all: keep the text as part of the last name.
+            if let Some(last) = path.last_mut() {
+                last.push('[');
+                last.push_str(rest);
             }
-            None => {
-                // Not a nesting after all: keep the text as part of the last name.
-                if let Some(last) = path.last_mut() {
-                    last.push_str(rest);
-                }
-                return path;
-            }
+            return path;
+        };
+        path.push(name.to_string());
+        match tail.strip_prefix('[') {
+            Some(next) => rest = next,
+            None => return path,
         }
     }
-    path
 }
 
 fn insert(node: &mut Value, path: &[String], value: String) {
@@ -334,29 +421,38 @@ mod tests {
 
     #[test]
     fn shapes() {
-        let (kind, query, fallback) = initial_query(Some(&json!("SELECT 1"))).unwrap();
+        let shown = |query: &JobQuery| serde_json::to_value(query).unwrap();
+        let (query, fallback) = initial_query(Some(&json!("SELECT 1"))).unwrap();
         assert_eq!(
-            (kind, query, fallback),
+            (query.kind(), shown(&query), fallback),
             (Kind::Simple, json!("SELECT 1"), None)
         );
-        let (kind, query, _) = initial_query(Some(&json!(["a", "b"]))).unwrap();
-        assert_eq!(kind, Kind::Array);
+        let (query, _) = initial_query(Some(&json!(["a", "b"]))).unwrap();
+        assert_eq!(query.kind(), Kind::Array);
         assert_eq!(
-            query,
+            shown(&query),
             json!([{"query": "a", "status": "pending"}, {"query": "b", "status": "pending"}])
         );
-        let (kind, query, fallback) = initial_query(Some(&json!({
-            "query": [{"query": "a", "onerror": "e", "timeout": "50"}, {"query": "b"}],
+        let (query, fallback) = initial_query(Some(&json!({
+            "query": [{"query": "a", "onerror": "e", "timeout": "50", "tag": 7}, {"query": "b"}],
             "onsuccess": "s"
         })))
         .unwrap();
-        assert_eq!((kind, fallback), (Kind::Fallback, Some(Status::Pending)));
         assert_eq!(
-            query,
-            json!({"query": [
-                {"query": "a", "onerror": "e", "timeout": 50, "status": "pending", "fallback_status": "pending"},
-                {"query": "b", "status": "pending"}
-            ], "onsuccess": "s"})
+            (query.kind(), fallback),
+            (Kind::Fallback, Some(Status::Pending))
+        );
+        let expected = json!({"query": [
+            {"query": "a", "onerror": "e", "timeout": 50, "status": "pending",
+             "fallback_status": "pending", "tag": 7},
+            {"query": "b", "status": "pending"}
+        ], "onsuccess": "s"});
+        assert_eq!(shown(&query), expected);
+        // What is stored reads back as the same job.
+        assert_eq!(JobQuery::from_text(&query.to_text()), query);
+        assert_eq!(
+            JobQuery::from_text("SELECT 'not json'"),
+            JobQuery::Simple("SELECT 'not json'".into())
         );
         for (bad, message) in [
             (None, "You must indicate a valid SQL"),
@@ -407,6 +503,7 @@ mod tests {
             "SELECT 'J', 'J' <%= other %>"
         );
         assert_eq!(fill_template("<%= a", "a", "x"), "<%= a");
+        assert_eq!(fill_template("é<%= a %>ü<%=é%>", "a", "x"), "éxü<%=é%>");
     }
 
     #[test]

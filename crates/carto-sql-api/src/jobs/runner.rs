@@ -1,0 +1,562 @@
+//! The step runner: runs one claimed job's queries in order on a connection authenticated as
+//! the key's role that created it, each behind its commit marker (see [`super::recovery`]),
+//! saving every status change, and following fallbacks (spec §7).
+
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio_postgres::NoTls;
+
+use super::dispatch::OwnedConnection;
+use super::model::{fill_template, JobQuery, Kind, Query, Status};
+use super::{Inner, JobRow, Jobs};
+
+/// How often a running job's status is read back, so a cancel or a lost lock is noticed even
+/// when the cancel request could not reach the backend.
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The commit markers of batch steps, in every user database (created on first use, owned by
+/// the superuser; job roles may only insert).
+pub(super) const MARKERS_SQL: &str = "CREATE TABLE IF NOT EXISTS cartodb.cdb_batch_runs ( \
+        job_id text NOT NULL, step text NOT NULL, \
+        committed_at timestamptz NOT NULL DEFAULT pg_catalog.now(), PRIMARY KEY (job_id, step)); \
+    REVOKE ALL ON cartodb.cdb_batch_runs FROM PUBLIC; \
+    DELETE FROM cartodb.cdb_batch_runs WHERE committed_at OPERATOR(pg_catalog.<) \
+        (pg_catalog.now() OPERATOR(pg_catalog.-) interval '7 days')";
+
+/// Step name of a simple job's query.
+pub(super) const SIMPLE_STEP: &str = "s";
+/// Step name of a fallback job's own `onsuccess`/`onerror`.
+pub(super) const JOB_FALLBACK_STEP: &str = "j";
+/// Step name of the `i`th query of an array or fallback job.
+pub(super) fn query_step(i: usize) -> String {
+    format!("q{i}")
+}
+/// Step name of the fallback of the `i`th query of a fallback job.
+pub(super) fn fallback_step(i: usize) -> String {
+    format!("f{i}")
+}
+
+/// Whether PostgreSQL refuses `sql` inside a transaction block or a multi-statement string, so
+/// that it cannot carry a commit marker.
+fn refuses_transactions(sql: &str) -> bool {
+    let Ok(tokens) = crate::sql_text::tokenize(sql) else {
+        return true;
+    };
+    let words: Vec<_> = tokens.iter().map(|(_, t)| t).collect();
+    let first = |w: &str| words.first().is_some_and(|t| t.is_word(w));
+    let second = |w: &str| words.get(1).is_some_and(|t| t.is_word(w));
+    first("vacuum")
+        || first("cluster")
+        || first("reindex")
+        || (first("alter") && second("system"))
+        || ((first("create") || first("drop")) && (second("database") || second("tablespace")))
+        || words.iter().any(|t| t.is_word("concurrently"))
+}
+
+/// Why a query stopped without a result of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Interrupt {
+    /// The job is no longer `running` (cancelled by its user); that change is already saved.
+    Cancelled,
+    /// The server is shutting down: the job goes back to the queue.
+    Shutdown,
+    /// The worker's metadata connection (and with it the user lock) is gone: another server
+    /// may take the job over, so this worker must write nothing more.
+    LockLost,
+}
+
+struct Run<'a> {
+    inner: &'a Inner,
+    lock: &'a OwnedConnection,
+    conn: OwnedConnection,
+    user_timeout: Duration,
+}
+
+pub(super) async fn run_job(jobs: &Jobs, lock: &OwnedConnection, mut job: JobRow) -> Result<()> {
+    let inner = &jobs.inner;
+    // Only the role's name is stored with the job: its password is looked up now, so a key
+    // deleted meanwhile cannot run anything.
+    let row = lock
+        .client
+        .query_opt(
+            "SELECT u.database, k.db_password, l.timeout_ms FROM users u \
+             LEFT JOIN api_keys k ON k.username = u.username AND k.db_role = $2 \
+             LEFT JOIN batch_limits l ON l.username = u.username WHERE u.username = $1",
+            &[&job.username, &job.db_role],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(());
+    };
+    let database: String = row.get(0);
+    let password: Option<String> = row.get(1);
+    let user_timeout = row
+        .get::<_, Option<i64>>(2)
+        .map(|ms| Duration::from_millis(ms.max(1) as u64))
+        .unwrap_or(inner.config.query_timeout);
+    let Some(password) = password else {
+        return fail_whole_job(
+            lock,
+            &mut job,
+            "The API key that created this job no longer exists",
+        )
+        .await;
+    };
+    let mut config = tokio_postgres::Config::new();
+    for host in inner.admin.get_hosts() {
+        match host {
+            tokio_postgres::config::Host::Tcp(h) => config.host(h),
+            tokio_postgres::config::Host::Unix(p) => config.host_path(p),
+        };
+    }
+    for port in inner.admin.get_ports() {
+        config.port(*port);
+    }
+    config
+        .user(&job.db_role)
+        .password(&password)
+        .dbname(&database)
+        .application_name("carto-sql-api batch");
+    // The marker table, and the role's right to write it.
+    let mut admin_db = inner.admin.clone();
+    admin_db.dbname(&database);
+    let prepared = async {
+        let admin = crate::db::connect(&admin_db).await?;
+        admin
+            .batch_execute(&format!(
+                "{MARKERS_SQL}; GRANT INSERT ON cartodb.cdb_batch_runs TO {}",
+                crate::db::quote_ident(&job.db_role)
+            ))
+            .await
+    }
+    .await;
+    if let Err(error) = prepared {
+        let reason = format!("Could not prepare the database: {}", message(&error));
+        return fail_whole_job(lock, &mut job, &reason).await;
+    }
+    let conn = match OwnedConnection::open(&config).await {
+        Ok(conn) => conn,
+        Err(error) => {
+            let reason = format!("Could not connect to the database: {}", message(&error));
+            return fail_whole_job(lock, &mut job, &reason).await;
+        }
+    };
+    // Should this server die mid-query, the backend notices its client is gone within a second
+    // (PostgreSQL 14+; older servers refuse the setting, which only makes that slower).
+    let _ = conn
+        .client
+        .batch_execute("SET client_connection_check_interval = '1s'")
+        .await;
+    let run = Run {
+        inner,
+        lock,
+        conn,
+        user_timeout,
+    };
+    let outcome = match job.query.kind() {
+        Kind::Simple => run.simple(&mut job).await,
+        Kind::Array => run.array(&mut job).await,
+        Kind::Fallback => run.fallback(&mut job).await,
+    };
+    if let Err(why) = outcome {
+        if why == Interrupt::Shutdown {
+            job.requeue();
+            let _ = save(lock, &job).await;
+        }
+    }
+    Ok(())
+}
+
+/// A job that cannot start (its key is gone, its database unreachable) fails as a whole.
+async fn fail_whole_job(lock: &OwnedConnection, job: &mut JobRow, reason: &str) -> Result<()> {
+    job.status = Status::Failed;
+    job.failed_reason = Some(reason.to_string());
+    if let Some(first) = job
+        .query
+        .queries_mut()
+        .iter_mut()
+        .find(|q| q.status == Status::Pending)
+    {
+        first.status = Status::Failed;
+        first.failed_reason = Some(reason.to_string());
+    }
+    let _ = save(lock, job).await;
+    Ok(())
+}
+
+/// Saves the job if it is still `running` here; `Ok(false)` if it is not (cancelled).
+async fn save(lock: &OwnedConnection, job: &JobRow) -> Result<bool, Interrupt> {
+    lock.client
+        .execute(
+            "UPDATE batch_jobs SET status = $2, query = $3, failed_reason = $4, \
+             fallback_status = $5, updated_at = clock_timestamp() \
+             WHERE job_id = $1 AND status = 'running'",
+            &[
+                &job.id,
+                &job.status.as_str(),
+                &job.query.to_text(),
+                &job.failed_reason,
+                &job.fallback_status.map(Status::as_str),
+            ],
+        )
+        .await
+        .map(|n| n == 1)
+        .map_err(|_| Interrupt::LockLost)
+}
+
+/// `save`, turning "no longer running" into [`Interrupt::Cancelled`].
+async fn save_running(lock: &OwnedConnection, job: &JobRow) -> Result<(), Interrupt> {
+    if save(lock, job).await? {
+        Ok(())
+    } else {
+        Err(Interrupt::Cancelled)
+    }
+}
+
+fn message(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => error.to_string(),
+    }
+}
+
+fn now_text() -> String {
+    chrono::Utc::now()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+/// The `i`th query of an array or fallback job (callers take `i` from the job's own queries).
+fn query_mut(job: &mut JobRow, i: usize) -> Option<&mut Query> {
+    job.query.queries_mut().get_mut(i)
+}
+
+/// The job-wide `onsuccess` or `onerror` of a fallback job.
+fn job_fallback(job: &JobRow, on_success: bool) -> Option<String> {
+    match &job.query {
+        JobQuery::Fallback(fallback) if on_success => fallback.onsuccess.clone(),
+        JobQuery::Fallback(fallback) => fallback.onerror.clone(),
+        _ => None,
+    }
+}
+
+/// What a fallback job does next.
+enum Step {
+    Entry(usize),
+    EntryFallback(usize, String),
+    JobFallback(String),
+    Finish(Status),
+}
+
+/// Reads the next step from a fallback job's state (so a re-queued job resumes where it
+/// stopped), marking what a failure leaves unrun as `skipped` on the way.
+fn next_step(job: &mut JobRow) -> Step {
+    let id = job.id.clone();
+    let mut failure: Option<(usize, String)> = None;
+    for (i, query) in job.query.queries_mut().iter_mut().enumerate() {
+        let fallback_pending = query.fallback_status == Some(Status::Pending);
+        match query.status {
+            Status::Done if fallback_pending => match &query.onsuccess {
+                Some(sql) => return Step::EntryFallback(i, fill_template(sql, "job_id", &id)),
+                None => query.fallback_status = Some(Status::Skipped),
+            },
+            Status::Failed => {
+                let reason = query.failed_reason.clone().unwrap_or_default();
+                if fallback_pending {
+                    match &query.onerror {
+                        Some(sql) => {
+                            let sql = fill_template(sql, "job_id", &id);
+                            let sql = fill_template(&sql, "error_message", &reason);
+                            return Step::EntryFallback(i, sql);
+                        }
+                        None => query.fallback_status = Some(Status::Skipped),
+                    }
+                }
+                failure = Some((i, reason));
+                break;
+            }
+            Status::Pending | Status::Running => return Step::Entry(i),
+            _ => {}
+        }
+    }
+    match failure {
+        Some((failed, reason)) => {
+            for query in job.query.queries_mut().iter_mut().skip(failed + 1) {
+                if query.status == Status::Pending {
+                    query.status = Status::Skipped;
+                }
+                if query.fallback_status == Some(Status::Pending) {
+                    query.fallback_status = Some(Status::Skipped);
+                }
+            }
+            if job.fallback_status == Some(Status::Pending) {
+                match job_fallback(job, false) {
+                    Some(sql) => {
+                        let sql = fill_template(&sql, "job_id", &id);
+                        return Step::JobFallback(fill_template(&sql, "error_message", &reason));
+                    }
+                    None => job.fallback_status = Some(Status::Skipped),
+                }
+            }
+            Step::Finish(Status::Failed)
+        }
+        None => {
+            if job.fallback_status == Some(Status::Pending) {
+                match job_fallback(job, true) {
+                    Some(sql) => return Step::JobFallback(fill_template(&sql, "job_id", &id)),
+                    None => job.fallback_status = Some(Status::Skipped),
+                }
+            }
+            Step::Finish(Status::Done)
+        }
+    }
+}
+
+impl Run<'_> {
+    /// Runs one query of `job` (prefixed `/* {job_id} */` so a cancel can find its backend)
+    /// under `timeout`, watching for cancellation and shutdown meanwhile.
+    async fn exec(
+        &self,
+        job_id: &str,
+        step: &str,
+        sql: &str,
+        timeout: Duration,
+    ) -> Result<Result<(), String>, Interrupt> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(Interrupt::Shutdown);
+        }
+        let ms = timeout.as_millis().clamp(1, i32::MAX as u128);
+        if let Err(error) = self
+            .conn
+            .client
+            .batch_execute(&format!("SET statement_timeout = {ms}"))
+            .await
+        {
+            return Ok(Err(message(&error)));
+        }
+        // Job ids are UUIDs and steps our own names: nothing to escape.
+        let text = if refuses_transactions(sql) {
+            format!("/* {job_id} */ {sql}")
+        } else {
+            format!(
+                "/* {job_id} */ INSERT INTO cartodb.cdb_batch_runs (job_id, step) \
+                 VALUES ('{job_id}', '{step}'); {sql}"
+            )
+        };
+        let query = self.conn.client.batch_execute(&text);
+        tokio::pin!(query);
+        let watch = self.watch(job_id);
+        tokio::pin!(watch);
+        tokio::select! {
+            result = &mut query => Ok(result.map_err(|e| message(&e))),
+            why = &mut watch => {
+                let _ = self.conn.client.cancel_token().cancel_query(NoTls).await;
+                // The query may have finished before the cancel reached it: then it counts.
+                match query.await {
+                    Ok(()) if why == Interrupt::Shutdown => Ok(Ok(())),
+                    _ => Err(why),
+                }
+            }
+        }
+    }
+
+    async fn watch(&self, job_id: &str) -> Interrupt {
+        let mut tick = tokio::time::interval(WATCH_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return Interrupt::Shutdown,
+                _ = tick.tick() => {}
+            }
+            match self
+                .lock
+                .client
+                .query_opt(
+                    "SELECT status FROM batch_jobs WHERE job_id = $1",
+                    &[&job_id],
+                )
+                .await
+            {
+                Ok(Some(row)) if row.get::<_, &str>(0) == "running" => {}
+                Ok(_) => return Interrupt::Cancelled,
+                Err(_) => return Interrupt::LockLost,
+            }
+        }
+    }
+
+    async fn simple(&self, job: &mut JobRow) -> Result<(), Interrupt> {
+        let JobQuery::Simple(sql) = &job.query else {
+            return Ok(());
+        };
+        let sql = sql.clone();
+        match self
+            .exec(&job.id, SIMPLE_STEP, &sql, self.user_timeout)
+            .await?
+        {
+            Ok(()) => job.status = Status::Done,
+            Err(reason) => {
+                job.status = Status::Failed;
+                job.failed_reason = Some(reason);
+            }
+        }
+        save_running(self.lock, job).await
+    }
+
+    /// Queries in order; between two the job is `pending` again and re-claimed at once, as
+    /// upstream re-queues it at the front (and a cancel may land there).
+    async fn array(&self, job: &mut JobRow) -> Result<(), Interrupt> {
+        loop {
+            let queries = job.query.queries_mut();
+            let count = queries.len();
+            let Some((i, query)) = queries
+                .iter_mut()
+                .enumerate()
+                .find(|(_, q)| q.status == Status::Pending)
+            else {
+                job.status = Status::Done;
+                return save_running(self.lock, job).await;
+            };
+            let sql = query.query.clone();
+            query.status = Status::Running;
+            save_running(self.lock, job).await?;
+            match self
+                .exec(&job.id, &query_step(i), &sql, self.user_timeout)
+                .await?
+            {
+                Ok(()) => {
+                    if let Some(query) = query_mut(job, i) {
+                        query.status = Status::Done;
+                    }
+                    if i + 1 >= count {
+                        job.status = Status::Done;
+                        return save_running(self.lock, job).await;
+                    }
+                    job.status = Status::Pending;
+                    save_running(self.lock, job).await?;
+                    let reclaimed = self
+                        .lock
+                        .client
+                        .execute(
+                            "UPDATE batch_jobs SET status = 'running', \
+                             updated_at = clock_timestamp() \
+                             WHERE job_id = $1 AND status = 'pending'",
+                            &[&job.id],
+                        )
+                        .await
+                        .map_err(|_| Interrupt::LockLost)?;
+                    if reclaimed != 1 {
+                        return Err(Interrupt::Cancelled);
+                    }
+                    job.status = Status::Running;
+                }
+                Err(reason) => {
+                    if let Some(query) = query_mut(job, i) {
+                        query.status = Status::Failed;
+                        query.failed_reason = Some(reason.clone());
+                    }
+                    job.status = Status::Failed;
+                    job.failed_reason = Some(reason);
+                    return save_running(self.lock, job).await;
+                }
+            }
+        }
+    }
+
+    async fn fallback(&self, job: &mut JobRow) -> Result<(), Interrupt> {
+        loop {
+            match next_step(job) {
+                Step::Entry(i) => {
+                    let Some(query) = query_mut(job, i) else {
+                        return Ok(());
+                    };
+                    let sql = query.query.clone();
+                    let timeout = match query.timeout.as_ref().and_then(|ms| ms.as_u64()) {
+                        Some(ms) if ms > 0 => self.user_timeout.min(Duration::from_millis(ms)),
+                        _ => self.user_timeout,
+                    };
+                    query.status = Status::Running;
+                    query.started_at = Some(now_text());
+                    save_running(self.lock, job).await?;
+                    let outcome = self.exec(&job.id, &query_step(i), &sql, timeout).await?;
+                    if let Some(query) = query_mut(job, i) {
+                        query.ended_at = Some(now_text());
+                        match &outcome {
+                            Ok(()) => query.status = Status::Done,
+                            Err(reason) => {
+                                query.status = Status::Failed;
+                                query.failed_reason = Some(reason.clone());
+                            }
+                        }
+                    }
+                    if let Err(reason) = outcome {
+                        job.failed_reason = Some(reason);
+                    }
+                    save_running(self.lock, job).await?;
+                }
+                Step::EntryFallback(i, sql) => {
+                    if let Some(query) = query_mut(job, i) {
+                        query.fallback_status = Some(Status::Running);
+                    }
+                    save_running(self.lock, job).await?;
+                    let outcome = self
+                        .exec(&job.id, &fallback_step(i), &sql, self.user_timeout)
+                        .await?;
+                    let status = if outcome.is_ok() {
+                        Status::Done
+                    } else {
+                        Status::Failed
+                    };
+                    if let Some(query) = query_mut(job, i) {
+                        query.fallback_status = Some(status);
+                    }
+                    save_running(self.lock, job).await?;
+                }
+                Step::JobFallback(sql) => {
+                    job.fallback_status = Some(Status::Running);
+                    save_running(self.lock, job).await?;
+                    let outcome = self
+                        .exec(&job.id, JOB_FALLBACK_STEP, &sql, self.user_timeout)
+                        .await?;
+                    job.fallback_status = Some(if outcome.is_ok() {
+                        Status::Done
+                    } else {
+                        Status::Failed
+                    });
+                    save_running(self.lock, job).await?;
+                }
+                Step::Finish(status) => {
+                    job.status = status;
+                    return save_running(self.lock, job).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_that_refuse_a_transaction() {
+        for sql in [
+            "VACUUM t",
+            "vacuum (analyze) t",
+            "CREATE INDEX CONCURRENTLY i ON t (x)",
+            "reindex table t",
+            "DROP DATABASE x",
+            "ALTER SYSTEM SET work_mem = '1MB'",
+            "SELECT 'unterminated",
+        ] {
+            assert!(refuses_transactions(sql), "{sql}");
+        }
+        for sql in [
+            "SELECT 1",
+            "INSERT INTO t VALUES ('vacuum concurrently')",
+            "CREATE TABLE concurrently_t (x int)",
+            "UPDATE t SET x = 1; DELETE FROM t",
+        ] {
+            assert!(!refuses_transactions(sql), "{sql}");
+        }
+    }
+}
