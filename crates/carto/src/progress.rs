@@ -91,16 +91,15 @@ impl Tracker {
         self.rows.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Counts wire bytes and tells the callback.
+    /// Counts bytes on the wire (compressed, when gzip is on).
     pub(crate) fn add_wire_bytes(&self, n: usize) {
         self.wire_bytes.fetch_add(n as u64, Ordering::Relaxed);
-        self.report(false, None);
     }
 
-    /// Counts wire bytes without telling the callback (a download reports when it hands
-    /// data out).
-    pub(crate) fn add_wire_bytes_quiet(&self, n: usize) {
-        self.wire_bytes.fetch_add(n as u64, Ordering::Relaxed);
+    /// Tells the callback the counts so far: an upload when a chunk leaves, a download when
+    /// it hands data out (not when it arrives: the last chunk is held back).
+    pub(crate) fn tick(&self) {
+        self.report(false, None);
     }
 
     pub(crate) fn finish(&self, rows: Option<u64>) {

@@ -65,7 +65,10 @@ fn body(
         None => Box::pin(ReaderStream::with_capacity(counted, copy.chunk_size)),
     };
     let chunks = chunks
-        .inspect_ok(move |chunk| tracker.add_wire_bytes(chunk.len()))
+        .inspect_ok(move |chunk| {
+            tracker.add_wire_bytes(chunk.len());
+            tracker.tick();
+        })
         .map_err(move |error| {
             let message = error.to_string();
             if let Ok(mut slot) = failure.lock() {

@@ -99,7 +99,7 @@ pub(super) async fn start(copy: &CopyClient, sql: &str) -> Result<CopyToStream> 
     let wire = response
         .bytes_stream()
         .map_err(|e| Error::http(e).into_io())
-        .inspect_ok(move |chunk| wire_tracker.add_wire_bytes_quiet(chunk.len()));
+        .inspect_ok(move |chunk| wire_tracker.add_wire_bytes(chunk.len()));
     let inner: Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>> = if gzipped {
         let decoder = GzipDecoder::new(StreamReader::new(wire));
         Box::pin(ReaderStream::with_capacity(decoder, copy.chunk_size))
@@ -155,7 +155,7 @@ impl CopyToStream {
 
     fn hand_out(&mut self, chunk: Bytes) -> Poll<Option<Result<Bytes>>> {
         self.tracker.add_bytes(chunk.len());
-        self.tracker.add_wire_bytes(0);
+        self.tracker.tick();
         Poll::Ready(Some(Ok(chunk)))
     }
 }
