@@ -48,7 +48,7 @@ impl Stream for CopyToBody {
 
     /// PostgreSQL sends one CopyData message per row; passed on one by one they become one
     /// HTTP chunk (and one write) per row. Rows that are already here are gathered into
-    /// chunks of up to [`CHUNK`]; whatever is gathered goes out as soon as PostgreSQL pauses.
+    /// chunks of up to `CHUNK` (64 KiB); whatever is gathered goes out as soon as PostgreSQL pauses.
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
             if self.finished {
