@@ -19,6 +19,9 @@
 //! # Ok(()) }
 //! ```
 #![deny(missing_docs)]
+// Slicing client text at a byte offset panics inside a multi-byte character: use `get(..)`
+// or char-aware code. Tests may slice text they wrote themselves.
+#![cfg_attr(not(test), deny(clippy::string_slice))]
 // `ApiError` (status, message, and PostgreSQL's detail, hint and context) is returned at
 // most once per request, on the error path: its size costs nothing worth boxing it for.
 #![allow(clippy::result_large_err)]
@@ -29,6 +32,10 @@ pub mod copy;
 pub mod db;
 pub mod embedded;
 pub mod error;
+// Its slices (`fill_template`, `key_path` in `jobs/model.rs`) cut at ASCII delimiters found
+// with `find`, so on character boundaries. TODO(jobs): made safe in the jobs work (another
+// engineer owns `jobs/`).
+#[allow(clippy::string_slice)]
 pub mod jobs;
 pub mod limits;
 pub mod query;

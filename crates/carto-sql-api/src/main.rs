@@ -1,4 +1,7 @@
 //! `carto-sql-api`: run the server, or manage its users.
+// Slicing client text at a byte offset panics inside a multi-byte character: use `get(..)`
+// or char-aware code. Tests may slice text they wrote themselves.
+#![cfg_attr(not(test), deny(clippy::string_slice))]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
