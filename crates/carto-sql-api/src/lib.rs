@@ -69,6 +69,10 @@ pub struct Config {
     pub rate_limits: limits::RateLimits,
     /// Batch jobs: queue limit, timeouts, workers.
     pub batch: jobs::BatchConfig,
+    /// Largest COPY FROM body once gunzipped, in bytes: past it the COPY is aborted (400).
+    /// Default `None`: no limit of its own (a user's quota and `copy_timeout` still apply, and
+    /// memory stays bounded whatever the ratio, since bodies are streamed).
+    pub max_copy_decompressed: Option<u64>,
 }
 
 impl Default for Config {
@@ -81,6 +85,7 @@ impl Default for Config {
             query_timeout: None,
             rate_limits: limits::RateLimits::none(),
             batch: jobs::BatchConfig::default(),
+            max_copy_decompressed: None,
         }
     }
 }

@@ -76,6 +76,8 @@ enum Command {
         /// Users whose batch jobs this server runs at once (0: run none, only queue them).
         #[arg(long, default_value_t = BatchConfig::default().workers)]
         batch_workers: usize,
+        #[command(flatten)]
+        edge: EdgeArgs,
     },
     /// Manage users.
     User {
@@ -87,6 +89,14 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+}
+
+/// `serve`'s limits at the HTTP edge.
+#[derive(clap::Args)]
+struct EdgeArgs {
+    /// Largest COPY FROM body once gunzipped, in bytes (default: no limit of its own).
+    #[arg(long, value_name = "BYTES")]
+    max_copy_decompressed: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -217,6 +227,7 @@ async fn run_command(command: Command, admin: tokio_postgres::Config) -> Result<
             batch_max_queued_jobs,
             batch_query_timeout_ms,
             batch_workers,
+            edge,
         } => {
             let config = Config {
                 max_post_size,
@@ -235,6 +246,7 @@ async fn run_command(command: Command, admin: tokio_postgres::Config) -> Result<
                     workers: batch_workers,
                     ..BatchConfig::default()
                 },
+                max_copy_decompressed: edge.max_copy_decompressed,
             };
             let server = Server::open(admin, config).await?;
             let listener = tokio::net::TcpListener::bind(listen)

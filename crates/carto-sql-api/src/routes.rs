@@ -323,6 +323,7 @@ async fn copy_from(
         max_post_size: state.config.max_post_size,
         max_post_size_label: state.config.max_post_size_label.clone(),
         quota_remaining: None,
+        max_decompressed: state.config.max_copy_decompressed,
     };
     let started = Instant::now();
     let rows = copy_streams::copy_from(

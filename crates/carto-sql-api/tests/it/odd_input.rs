@@ -1,10 +1,14 @@
 //! Malformed bytes at the HTTP edge get a clear 4xx JSON answer (never a 500, never a dropped
-//! connection), and the server keeps answering.
+//! connection), and the server keeps answering; a gzip body that inflates past
+//! `max_copy_decompressed` is refused with nothing committed.
+
+use std::io::Read;
 
 use carto_sql_api::testing::{TestServer, TestUser};
+use carto_sql_api::Config;
 use serde_json::Value;
 
-use crate::support::{copy_from, copy_to, error_of, http, sql};
+use crate::support::{copy_from, copy_to, count, error_of, http, sql};
 
 /// GETs `url` (sent as written: escapes such as `%00` and `%FF` stay raw); status and JSON.
 async fn get(url: &str) -> (u16, Value) {
@@ -181,4 +185,43 @@ async fn invalid_utf8_escapes_are_refused() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["rows"][0]["e"], "é");
     still_answers(&server, &user).await;
+}
+
+/// `data` gzipped as tightly as zlib can, so a little body inflates to a lot.
+fn gzip_best(data: &[u8]) -> Vec<u8> {
+    let mut compressed = Vec::new();
+    flate2::read::GzEncoder::new(data, flate2::Compression::best())
+        .read_to_end(&mut compressed)
+        .unwrap();
+    compressed
+}
+
+#[tokio::test]
+async fn gzip_past_the_decompressed_limit_commits_nothing() {
+    let server = TestServer::with_config(Config {
+        max_copy_decompressed: Some(100_000),
+        ..Config::default()
+    })
+    .await;
+    let user = server.create_user().await;
+    sql(&server, &user, "CREATE TABLE bomb (a text)").await;
+    let q = "COPY bomb (a) FROM STDIN";
+
+    // 1 MB of rows compresses to a few kB, well under any POST size limit.
+    let rows = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n".repeat(25_000);
+    let body = gzip_best(rows.as_bytes());
+    assert!(body.len() < 10_000, "{}", body.len());
+    let (status, answer) = copy_from(&server, &user, q, body, true).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(
+        error_of(&answer),
+        "COPY FROM maximum decompressed size of 100000 bytes exceeded"
+    );
+    assert_eq!(count(&server, &user, "bomb").await, 0);
+
+    // Under the limit the same table loads.
+    let small = "b\n".repeat(1000);
+    let (status, answer) = copy_from(&server, &user, q, gzip_best(small.as_bytes()), true).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["total_rows"], 1000);
 }
