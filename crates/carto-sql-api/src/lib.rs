@@ -15,7 +15,9 @@
 //! let key = server.accounts().create_user("alice", None).await?;
 //! server.jobs().start_workers();
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! axum::serve(listener, server.router()).await?;
+//! let limits = carto_sql_api::http_server::ConnectionLimits::default();
+//! carto_sql_api::http_server::serve(listener, server.router(), limits, std::future::pending())
+//!     .await?;
 //! # Ok(()) }
 //! ```
 #![deny(missing_docs)]
@@ -32,6 +34,7 @@ pub mod copy;
 pub mod db;
 pub mod embedded;
 pub mod error;
+pub mod http_server;
 // Its slices (`fill_template`, `key_path` in `jobs/model.rs`) cut at ASCII delimiters found
 // with `find`, so on character boundaries. TODO(jobs): made safe in the jobs work (another
 // engineer owns `jobs/`).
@@ -69,6 +72,9 @@ pub struct Config {
     pub rate_limits: limits::RateLimits,
     /// Batch jobs: queue limit, timeouts, workers.
     pub batch: jobs::BatchConfig,
+    /// HTTP connections: header read timeout, idle timeout, connection cap (see
+    /// [`http_server`]).
+    pub connections: http_server::ConnectionLimits,
     /// Largest COPY FROM body once gunzipped, in bytes: past it the COPY is aborted (400).
     /// Default `None`: no limit of its own (a user's quota and `copy_timeout` still apply, and
     /// memory stays bounded whatever the ratio, since bodies are streamed).
@@ -85,6 +91,7 @@ impl Default for Config {
             query_timeout: None,
             rate_limits: limits::RateLimits::none(),
             batch: jobs::BatchConfig::default(),
+            connections: http_server::ConnectionLimits::default(),
             max_copy_decompressed: None,
         }
     }

@@ -404,6 +404,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::http_server::{serve, ConnectionLimits};
 
     async fn boom() -> &'static str {
         panic!("deliberate")
@@ -418,7 +419,12 @@ mod tests {
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move { axum::serve(listener, routes).await });
+        let server = tokio::spawn(serve(
+            listener,
+            routes,
+            ConnectionLimits::default(),
+            std::future::pending(),
+        ));
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()

@@ -9,5 +9,6 @@ mod jobs;
 mod keys;
 mod limits;
 mod odd_input;
+mod slow_clients;
 mod sql;
 mod support;
