@@ -187,6 +187,32 @@ async fn invalid_utf8_escapes_are_refused() {
     still_answers(&server, &user).await;
 }
 
+#[tokio::test]
+async fn a_content_encoding_that_is_not_text_is_refused() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    sql(&server, &user, "CREATE TABLE t (a text)").await;
+    let response = http()
+        .post(format!("{}/sql/copyfrom", server.api_url(&user)))
+        .query(&[("q", "COPY t FROM STDIN"), ("api_key", &user.api_key)])
+        .header(
+            "content-encoding",
+            reqwest::header::HeaderValue::from_bytes(b"gz\xefp").unwrap(),
+        )
+        .body("x\n")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = answer(response).await;
+    // It used to count as no encoding, loading the body as it came.
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        error_of(&body).starts_with("Unsupported Content-Encoding"),
+        "{body}"
+    );
+    assert_eq!(count(&server, &user, "t").await, 0);
+}
+
 /// `data` gzipped as tightly as zlib can, so a little body inflates to a lot.
 fn gzip_best(data: &[u8]) -> Vec<u8> {
     let mut compressed = Vec::new();
