@@ -179,15 +179,12 @@ impl Activity {
         };
         loop {
             let quiet = self.quiet_for();
-            if self.requests.load(Ordering::Acquire) == 0 && quiet >= limit {
+            let busy = self.requests.load(Ordering::Acquire) > 0;
+            if !busy && quiet >= limit {
                 return;
             }
             // Busy: look again a whole period later; quiet: when the period would end.
-            let wait = if self.requests.load(Ordering::Acquire) > 0 {
-                limit
-            } else {
-                limit - quiet
-            };
+            let wait = if busy { limit } else { limit - quiet };
             tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
         }
     }
