@@ -1,5 +1,8 @@
 //! `carto`: one command for each bulk-data job against CARTO's SQL API. A thin binary over the
 //! `carto` SDK: parse, resolve credentials, hand the work to the SDK, report.
+// Slicing client text at a byte offset panics inside a multi-byte character: use `get(..)`
+// or char-aware code. Tests may slice text they wrote themselves.
+#![cfg_attr(not(test), deny(clippy::string_slice))]
 
 mod args;
 mod commands;

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use axum::extract::{FromRequestParts, Path};
 use axum::http::{header, request::Parts, StatusCode};
 use base64::Engine;
+use percent_encoding::{percent_decode, percent_decode_str};
 
 use crate::accounts::{ApiKey, KeyKind, User, DEFAULT_PUBLIC};
 use crate::error::ApiError;
@@ -69,6 +70,8 @@ impl FromRequestParts<AppState> for Addressed {
             .map(|Path(p)| p)
             .unwrap_or_default();
         let username = match params.get("user") {
+            // A name no user can have is answered without asking the database.
+            Some(user) if !could_be_username(user) => return Err(ApiError::unknown_user(user)),
             Some(user) => user.clone(),
             None => username_from_host(parts)?,
         };
@@ -148,7 +151,7 @@ impl Caller {
 }
 
 /// The first label of the `Host` header (port included in what is matched), as upstream's
-/// default `^([^\.]+)\.` does.
+/// default `^([^\.]+)\.` does. A label no user can have is the unknown-user 404 at once.
 pub(crate) fn username_from_host(parts: &Parts) -> Result<String, ApiError> {
     let host = parts
         .headers
@@ -157,7 +160,8 @@ pub(crate) fn username_from_host(parts: &Parts) -> Result<String, ApiError> {
         .or_else(|| parts.uri.host())
         .unwrap_or("");
     match host.split_once('.') {
-        Some((label, _)) if !label.is_empty() => Ok(label.to_string()),
+        Some((label, _)) if could_be_username(label) => Ok(label.to_string()),
+        Some((label, _)) if !label.is_empty() => Err(ApiError::unknown_user(label)),
         _ => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("No username found in hostname '{host}'"),
@@ -177,6 +181,72 @@ fn basic_credentials(parts: &Parts) -> Option<(String, String)> {
     let text = String::from_utf8(decoded).ok()?;
     let (name, password) = text.split_once(':')?;
     Some((name.to_string(), password.to_string()))
+}
+
+/// True when `name` is one a user can have (the rule `Accounts::create_user` enforces: 1 to 40
+/// lowercase ASCII letters, digits, `-` or `_`, starting with a letter or digit). Anything else
+/// is unknown without a database lookup, and never reaches PostgreSQL.
+pub fn could_be_username(name: &str) -> bool {
+    let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_';
+    name.len() <= 40
+        && name.bytes().all(allowed)
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+/// The user segment of a path-style URL (`/user/{name}/...`), percent-decoded (invalid UTF-8
+/// shown as U+FFFD), or `None` for other paths.
+pub fn user_in_path(path: &str) -> Option<String> {
+    let rest = path.strip_prefix("/user/")?;
+    let segment = rest.split('/').next().unwrap_or(rest);
+    Some(percent_decode_str(segment).decode_utf8_lossy().into_owned())
+}
+
+/// Decodes `application/x-www-form-urlencoded` bytes strictly: text that is not UTF-8 once
+/// decoded, or a NUL byte anywhere (PostgreSQL refuses it in text, and it must never cut a
+/// statement short), is a 400 naming the parameter, where [`form_urlencoded_pairs`] would
+/// silently replace or keep it.
+pub fn decode_form(bytes: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
+    let decode = |part: &[u8]| -> Option<String> {
+        // `+` is a space in forms; an escaped plus (`%2B`) stays a plus.
+        let spaced: Vec<u8> = part
+            .iter()
+            .map(|&b| if b == b'+' { b' ' } else { b })
+            .collect();
+        String::from_utf8(percent_decode(&spaced).collect()).ok()
+    };
+    let mut pairs = Vec::new();
+    for pair in bytes.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+        let (raw_name, raw_value) = match pair.iter().position(|&b| b == b'=') {
+            Some(at) => pair.split_at(at),
+            None => (pair, &b""[..]),
+        };
+        let raw_value = raw_value.get(1..).unwrap_or_default();
+        let name = decode(raw_name).ok_or_else(|| {
+            ApiError::bad_request("Invalid request: a parameter name is not valid UTF-8")
+        })?;
+        let value = decode(raw_value).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Invalid request: parameter '{name}' is not valid UTF-8"
+            ))
+        })?;
+        refuse_nul(&name, &value)?;
+        pairs.push((name, value));
+    }
+    Ok(pairs)
+}
+
+/// 400 when a parameter's name or value holds a NUL byte.
+pub fn refuse_nul(name: &str, value: &str) -> Result<(), ApiError> {
+    if name.contains('\0') || value.contains('\0') {
+        return Err(ApiError::bad_request(format!(
+            "Invalid request: parameter '{}' contains a NUL byte",
+            name.escape_default()
+        )));
+    }
+    Ok(())
 }
 
 /// The first value of `name` in a URL-encoded query string.
@@ -213,5 +283,126 @@ mod tests {
             Some("k+1")
         );
         assert_eq!(query_param("a=1", "api_key"), None);
+    }
+
+    #[test]
+    fn strict_form_decoding() {
+        assert_eq!(
+            decode_form(b"q=COPY+t+TO+STDOUT&k=a%2Bb&flag&=v&&").unwrap(),
+            vec![
+                ("q".into(), "COPY t TO STDOUT".into()),
+                ("k".into(), "a+b".into()),
+                ("flag".into(), "".into()),
+                ("".into(), "v".into()),
+            ]
+        );
+        let error = decode_form(b"q=%FF").unwrap_err();
+        assert_eq!(
+            error.message,
+            "Invalid request: parameter 'q' is not valid UTF-8"
+        );
+        let error = decode_form(b"q=select%00").unwrap_err();
+        assert_eq!(
+            error.message,
+            "Invalid request: parameter 'q' contains a NUL byte"
+        );
+        assert!(decode_form(b"a%00=1").is_err());
+        assert!(decode_form(b"%C3=1").is_err());
+    }
+
+    #[test]
+    fn user_names_and_paths() {
+        for ok in ["alice", "a", "team-1", "x_y", "0a"] {
+            assert!(could_be_username(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "Alice",
+            "-a",
+            "_a",
+            "a.b",
+            "a b",
+            "b\u{0}",
+            "bé",
+            &"a".repeat(41),
+        ] {
+            assert!(!could_be_username(bad), "{bad}");
+        }
+        assert_eq!(
+            user_in_path("/user/bob%00/api/v2/sql").as_deref(),
+            Some("bob\u{0}")
+        );
+        assert_eq!(user_in_path("/user/%FF/api").as_deref(), Some("\u{FFFD}"));
+        assert_eq!(user_in_path("/user/"), Some(String::new()));
+        assert_eq!(user_in_path("/api/v2/sql"), None);
+    }
+
+    mod properties {
+        use axum::http::{HeaderValue, Request};
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn host_parts(host: &[u8]) -> Option<Parts> {
+            let value = HeaderValue::from_bytes(host).ok()?;
+            let (parts, ()) = Request::builder()
+                .header(header::HOST, value)
+                .body(())
+                .ok()?
+                .into_parts();
+            Some(parts)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn host_names_give_possible_users_or_errors(host in any::<Vec<u8>>()) {
+                if let Some(parts) = host_parts(&host) {
+                    match username_from_host(&parts) {
+                        Ok(user) => prop_assert!(could_be_username(&user)),
+                        Err(error) => prop_assert!(error.status.is_client_error()),
+                    }
+                }
+            }
+
+            #[test]
+            fn a_path_names_its_user(
+                user in "[a-z0-9][a-z0-9_-]{0,39}",
+                rest in "(/[a-zA-Z0-9%._~-]{0,10}){0,4}",
+            ) {
+                prop_assert!(could_be_username(&user));
+                let path = format!("/user/{user}{rest}");
+                prop_assert_eq!(user_in_path(&path), Some(user));
+            }
+
+            #[test]
+            fn any_path_is_read_without_panic(path in any::<String>()) {
+                let _ = user_in_path(&path);
+                let _ = user_in_path(&format!("/user/{path}"));
+            }
+
+            #[test]
+            fn forms_decode_to_what_was_encoded(
+                pairs in proptest::collection::vec(("[^\\x00]{0,12}", "[^\\x00]{0,12}"), 0..6),
+            ) {
+                let encoded = form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(&pairs)
+                    .finish();
+                prop_assert_eq!(decode_form(encoded.as_bytes()).unwrap(), pairs);
+            }
+
+            #[test]
+            fn any_bytes_decode_or_get_a_400(bytes in any::<Vec<u8>>()) {
+                match decode_form(&bytes) {
+                    Ok(pairs) => {
+                        for (name, value) in pairs {
+                            prop_assert!(!name.contains('\0') && !value.contains('\0'));
+                        }
+                    }
+                    Err(error) => prop_assert_eq!(error.status, StatusCode::BAD_REQUEST),
+                }
+            }
+        }
     }
 }

@@ -15,10 +15,15 @@
 //! let key = server.accounts().create_user("alice", None).await?;
 //! server.jobs().start_workers();
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! axum::serve(listener, server.router()).await?;
+//! let limits = carto_sql_api::http_server::ConnectionLimits::default();
+//! carto_sql_api::http_server::serve(listener, server.router(), limits, std::future::pending())
+//!     .await?;
 //! # Ok(()) }
 //! ```
 #![deny(missing_docs)]
+// Slicing client text at a byte offset panics inside a multi-byte character: use `get(..)`
+// or char-aware code. Tests may slice text they wrote themselves.
+#![cfg_attr(not(test), deny(clippy::string_slice))]
 // `ApiError` (status, message, and PostgreSQL's detail, hint and context) is returned at
 // most once per request, on the error path: its size costs nothing worth boxing it for.
 #![allow(clippy::result_large_err)]
@@ -29,6 +34,7 @@ pub mod copy;
 pub mod db;
 pub mod embedded;
 pub mod error;
+pub mod http_server;
 pub mod jobs;
 pub mod limits;
 pub mod query;
@@ -62,6 +68,13 @@ pub struct Config {
     pub rate_limits: limits::RateLimits,
     /// Batch jobs: queue limit, timeouts, workers.
     pub batch: jobs::BatchConfig,
+    /// HTTP connections: header read timeout, idle timeout, connection cap (see
+    /// [`http_server`]).
+    pub connections: http_server::ConnectionLimits,
+    /// Largest COPY FROM body once gunzipped, in bytes: past it the COPY is aborted (400).
+    /// Default `None`: no limit of its own (a user's quota and `copy_timeout` still apply, and
+    /// memory stays bounded whatever the ratio, since bodies are streamed).
+    pub max_copy_decompressed: Option<u64>,
 }
 
 impl Default for Config {
@@ -74,6 +87,8 @@ impl Default for Config {
             query_timeout: None,
             rate_limits: limits::RateLimits::none(),
             batch: jobs::BatchConfig::default(),
+            connections: http_server::ConnectionLimits::default(),
+            max_copy_decompressed: None,
         }
     }
 }

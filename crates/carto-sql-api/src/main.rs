@@ -1,4 +1,7 @@
 //! `carto-sql-api`: run the server, or manage its users.
+// Slicing client text at a byte offset panics inside a multi-byte character: use `get(..)`
+// or char-aware code. Tests may slice text they wrote themselves.
+#![cfg_attr(not(test), deny(clippy::string_slice))]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use carto_sql_api::accounts::Grant;
 use carto_sql_api::embedded::{EmbeddedCluster, EmbeddedOptions};
+use carto_sql_api::http_server::{serve, ConnectionLimits};
 use carto_sql_api::jobs::BatchConfig;
 use carto_sql_api::limits::{Group, GroupRate};
 use carto_sql_api::{Config, Server};
@@ -73,6 +77,8 @@ enum Command {
         /// Users whose batch jobs this server runs at once (0: run none, only queue them).
         #[arg(long, default_value_t = BatchConfig::default().workers)]
         batch_workers: usize,
+        #[command(flatten)]
+        edge: EdgeArgs,
     },
     /// Manage users.
     User {
@@ -84,6 +90,43 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+}
+
+/// `serve`'s limits at the HTTP edge: slow and idle clients, decompression.
+#[derive(clap::Args)]
+struct EdgeArgs {
+    /// Seconds a client may take to send a request's whole header.
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = ConnectionLimits::default().header_read_timeout.as_secs()
+    )]
+    header_read_timeout: u64,
+    /// Seconds a connection may stay open with no request in progress and no bytes moving
+    /// (0: no limit of its own; HTTP/1 still waits at most --header-read-timeout for a next
+    /// request).
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = ConnectionLimits::default().idle_timeout.map_or(0, |t| t.as_secs())
+    )]
+    idle_timeout: u64,
+    /// Connections open at once; more wait in the listen backlog until one closes.
+    #[arg(long, default_value_t = ConnectionLimits::default().max_connections)]
+    max_connections: usize,
+    /// Largest COPY FROM body once gunzipped, in bytes (default: no limit of its own).
+    #[arg(long, value_name = "BYTES")]
+    max_copy_decompressed: Option<u64>,
+}
+
+impl EdgeArgs {
+    fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout),
+            idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),
+            max_connections: self.max_connections,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -234,6 +277,7 @@ async fn run_command(command: Command, admin: tokio_postgres::Config) -> Result<
             batch_max_queued_jobs,
             batch_query_timeout_ms,
             batch_workers,
+            edge,
         } => {
             let config = Config {
                 max_post_size,
@@ -252,7 +296,10 @@ async fn run_command(command: Command, admin: tokio_postgres::Config) -> Result<
                     workers: batch_workers,
                     ..BatchConfig::default()
                 },
+                connections: edge.connection_limits(),
+                max_copy_decompressed: edge.max_copy_decompressed,
             };
+            let limits = config.connections.clone();
             let server = Server::open(admin, config).await?;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
@@ -260,9 +307,7 @@ async fn run_command(command: Command, admin: tokio_postgres::Config) -> Result<
             let url = public_url.unwrap_or_else(|| format!("http://{listen}"));
             tracing::info!(%url, "carto-sql-api listening");
             server.jobs().start_workers();
-            let served = axum::serve(listener, server.router())
-                .with_graceful_shutdown(shutdown_signal())
-                .await;
+            let served = serve(listener, server.router(), limits, shutdown_signal()).await;
             tracing::info!("shutting down");
             // Running batch queries are cancelled and their jobs re-queued for another server.
             server.jobs().shutdown().await;
@@ -387,5 +432,45 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edge_args(args: &[&str]) -> EdgeArgs {
+        let cli = Cli::try_parse_from(["carto-sql-api", "serve"].iter().chain(args)).unwrap();
+        match cli.command {
+            Command::Serve { edge, .. } => edge,
+            _ => unreachable!("parsed serve"),
+        }
+    }
+
+    #[test]
+    fn edge_flags_and_their_defaults() {
+        let defaults = edge_args(&[]);
+        assert_eq!(defaults.connection_limits(), ConnectionLimits::default());
+        assert_eq!(defaults.max_copy_decompressed, None);
+
+        let set = edge_args(&[
+            "--header-read-timeout",
+            "5",
+            "--idle-timeout",
+            "0",
+            "--max-connections",
+            "7",
+            "--max-copy-decompressed",
+            "1000",
+        ]);
+        assert_eq!(
+            set.connection_limits(),
+            ConnectionLimits {
+                header_read_timeout: Duration::from_secs(5),
+                idle_timeout: None,
+                max_connections: 7,
+            }
+        );
+        assert_eq!(set.max_copy_decompressed, Some(1000));
     }
 }

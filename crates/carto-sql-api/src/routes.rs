@@ -1,6 +1,7 @@
 //! HTTP routes. Handlers are thin: parse, authenticate, check, hand over to the module that
 //! owns the work (`copy`, `query`).
 
+use std::any::Any;
 use std::time::Instant;
 
 use axum::body::Body;
@@ -12,9 +13,10 @@ use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::{json, Value};
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::{CompressionLayer, CompressionLevel};
 
-use crate::auth::{form_urlencoded_pairs, Addressed, Identified};
+use crate::auth::{decode_form, refuse_nul, Addressed, Identified};
 use crate::copy::statement::{self, Direction};
 use crate::copy::{self as copy_streams, UploadLimits};
 use crate::error::ApiError;
@@ -56,12 +58,50 @@ pub fn router(state: AppState) -> Router {
         ))
         .merge(route("/version", get(version)))
         .merge(route("/health", get(health)));
-    Router::new()
+    let routes = Router::new()
         .nest("/api/{version}", api.clone())
         .nest("/user/{user}/api/{version}", api)
-        .fallback(|| async { ApiError::not_found() })
+        .fallback(|| async { ApiError::not_found() });
+    edge(routes).with_state(state)
+}
+
+/// The layers every request passes first, outermost last: malformed input refused before
+/// routing, a panic turned into a logged 500 (inside the log, so the log shows the 500), then
+/// CORS/host headers and the request log. Generic over the state so tests can wrap their own
+/// routes in exactly these layers.
+pub(crate) fn edge<S: Clone + Send + Sync + 'static>(routes: Router<S>) -> Router<S> {
+    routes
+        .layer(middleware::from_fn(refuse_malformed_input))
+        .layer(CatchPanicLayer::custom(panic_answer))
         .layer(middleware::from_fn(common_headers_and_log))
-        .with_state(state)
+}
+
+/// The answer to a handler's panic: a bug, never the client's fault, so the usual 500 JSON
+/// with the cause in the log only.
+fn panic_answer(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(not a string)".into());
+    ApiError::internal(format!("handler panicked: {message}")).into_response()
+}
+
+/// Refuses, before any route, database lookup or rate limit: a path-style user name no user
+/// can have (the unknown-user 404), and a query string that is not UTF-8 once decoded or holds
+/// a NUL byte (400). Every parameter a handler later reads from the query string is then
+/// plain text PostgreSQL accepts.
+async fn refuse_malformed_input(request: Request, next: Next) -> Response {
+    if let Some(user) = crate::auth::user_in_path(request.uri().path()) {
+        if !crate::auth::could_be_username(&user) {
+            return ApiError::unknown_user(&user).into_response();
+        }
+    }
+    let query = request.uri().query().unwrap_or("");
+    if let Err(error) = crate::auth::decode_form(query.as_bytes()) {
+        return error.into_response();
+    }
+    next.run(request).await
 }
 
 /// A route at `path` and at `path/` (clients such as carto-python add the slash).
@@ -141,7 +181,7 @@ struct Params(Vec<(String, String)>);
 
 impl Params {
     async fn read(headers: &HeaderMap, query: Option<&str>, body: Body) -> Result<Self, ApiError> {
-        let mut pairs = form_urlencoded_pairs(query.unwrap_or(""));
+        let mut pairs = decode_form(query.unwrap_or("").as_bytes())?;
         let content_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -155,17 +195,20 @@ impl Params {
                 .map_err(|e| ApiError::bad_request(format!("Invalid JSON body: {e}")))?;
             if let Value::Object(map) = value {
                 for (k, v) in map {
-                    match v {
-                        Value::String(s) => pairs.push((k, s)),
-                        Value::Null => {}
-                        other => pairs.push((k, other.to_string())),
-                    }
+                    let value = match v {
+                        Value::String(s) => s,
+                        Value::Null => continue,
+                        other => other.to_string(),
+                    };
+                    // JSON may escape a NUL (`\u0000`); PostgreSQL must not see it.
+                    refuse_nul(&k, &value)?;
+                    pairs.push((k, value));
                 }
             }
         } else if content_type.starts_with("application/x-www-form-urlencoded")
             || (content_type.is_empty() && !bytes.is_empty())
         {
-            pairs.extend(form_urlencoded_pairs(&String::from_utf8_lossy(&bytes)));
+            pairs.extend(decode_form(&bytes)?);
         }
         Ok(Params(pairs))
     }
@@ -264,7 +307,8 @@ async fn copy_from(
     let gzip = match parts
         .headers
         .get(header::CONTENT_ENCODING)
-        .map(|v| v.to_str().unwrap_or("").trim().to_ascii_lowercase())
+        // Not visible ASCII is not a coding this server knows: refused below, not ignored.
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
         .as_deref()
     {
         None | Some("") | Some("identity") => false,
@@ -279,6 +323,7 @@ async fn copy_from(
         max_post_size: state.config.max_post_size,
         max_post_size_label: state.config.max_post_size_label.clone(),
         quota_remaining: None,
+        max_decompressed: state.config.max_copy_decompressed,
     };
     let started = Instant::now();
     let rows = copy_streams::copy_from(
@@ -349,4 +394,99 @@ async fn copy_to(
         HeaderValue::from_str(&disposition).map_err(ApiError::internal)?,
     );
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::routing::get;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::http_server::{serve, ConnectionLimits};
+
+    async fn boom() -> &'static str {
+        panic!("deliberate")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_gets_a_500_and_the_server_goes_on() {
+        let routes: Router = edge(
+            Router::new()
+                .route("/boom", get(boom))
+                .route("/ok", get(|| async { "fine" })),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve(
+            listener,
+            routes,
+            ConnectionLimits::default(),
+            std::future::pending(),
+        ));
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let response = client
+            .get(format!("http://{addr}/boom"))
+            .send()
+            .await
+            .expect("an answer, not a dropped connection");
+        assert_eq!(response.status(), 500);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/json; charset=utf-8"
+        );
+        assert_eq!(
+            response.text().await.unwrap(),
+            r#"{"error":["Unexpected error"]}"#
+        );
+        let response = client
+            .get(format!("http://{addr}/ok"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.text().await.unwrap(), "fine");
+        server.abort();
+    }
+
+    fn read_params(content_type: &str, body: Vec<u8>) -> Result<Params, ApiError> {
+        let mut headers = HeaderMap::new();
+        if let Ok(value) = HeaderValue::from_str(content_type) {
+            headers.insert(header::CONTENT_TYPE, value);
+        }
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(Params::read(&headers, None, Body::from(body)))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn any_body_gives_text_parameters_or_a_400(
+            content_type in prop_oneof![
+                Just("application/x-www-form-urlencoded"),
+                Just("application/json"),
+                Just(""),
+            ],
+            body in prop_oneof![
+                any::<Vec<u8>>(),
+                any::<String>().prop_map(|s| serde_json::json!({ "q": s }).to_string().into_bytes()),
+                any::<String>().prop_map(|s| format!("q={s}").into_bytes()),
+            ],
+        ) {
+            match read_params(content_type, body) {
+                Ok(params) => {
+                    for (name, value) in params.0 {
+                        prop_assert!(!name.contains('\0') && !value.contains('\0'));
+                    }
+                }
+                Err(error) => prop_assert_eq!(error.status, StatusCode::BAD_REQUEST),
+            }
+        }
+    }
 }

@@ -36,6 +36,12 @@ pub type Located<'a> = (usize, Token<'a>);
 /// comment is an error, since the database would read the rest of the text differently.
 pub fn tokenize(sql: &str) -> Result<Vec<Located<'_>>, String> {
     let bytes = sql.as_bytes();
+    // Every token starts and ends at an ASCII byte (or the end), so on a character boundary;
+    // `get` turns a mistake in that reasoning into an error instead of a panic.
+    let text = |from: usize, to: usize| {
+        sql.get(from..to)
+            .ok_or_else(|| format!("cannot read the statement at byte {from}"))
+    };
     let mut tokens = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
@@ -70,11 +76,11 @@ pub fn tokenize(sql: &str) -> Result<Vec<Located<'_>>, String> {
             }
             b'\'' => {
                 i = end_of_string(bytes, i + 1, false)?;
-                tokens.push((start, Token::String(&sql[start..i])));
+                tokens.push((start, Token::String(text(start, i)?)));
             }
             b'e' | b'E' if bytes.get(i + 1) == Some(&b'\'') => {
                 i = end_of_string(bytes, i + 2, true)?;
-                tokens.push((start, Token::String(&sql[start..i])));
+                tokens.push((start, Token::String(text(start, i)?)));
             }
             b'"' => {
                 i += 1;
@@ -89,23 +95,23 @@ pub fn tokenize(sql: &str) -> Result<Vec<Located<'_>>, String> {
                         Some(_) => i += 1,
                     }
                 }
-                tokens.push((start, Token::QuotedIdent(&sql[start..i])));
+                tokens.push((start, Token::QuotedIdent(text(start, i)?)));
             }
             b'$' if dollar_tag_len(&bytes[i..]).is_some() => {
                 let tag_len = dollar_tag_len(&bytes[i..]).unwrap_or(0);
-                let tag = &sql[i..i + tag_len];
+                let tag = text(i, i + tag_len)?;
                 let body_start = i + tag_len;
-                let end = sql[body_start..]
+                let end = text(body_start, sql.len())?
                     .find(tag)
                     .ok_or_else(|| "unterminated dollar-quoted string".to_string())?;
                 i = body_start + end + tag_len;
-                tokens.push((start, Token::String(&sql[start..i])));
+                tokens.push((start, Token::String(text(start, i)?)));
             }
             b'0'..=b'9' => {
                 while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'.') {
                     i += 1;
                 }
-                tokens.push((start, Token::Number(&sql[start..i])));
+                tokens.push((start, Token::Number(text(start, i)?)));
             }
             b';' => {
                 i += 1;
@@ -120,10 +126,10 @@ pub fn tokenize(sql: &str) -> Result<Vec<Located<'_>>, String> {
                 {
                     i += 1;
                 }
-                tokens.push((start, Token::Word(&sql[start..i])));
+                tokens.push((start, Token::Word(text(start, i)?)));
             }
             _ => {
-                let ch = sql[i..].chars().next().unwrap_or('?');
+                let ch = text(i, sql.len())?.chars().next().unwrap_or('?');
                 i += ch.len_utf8();
                 tokens.push((start, Token::Punct(ch)));
             }
@@ -137,13 +143,19 @@ pub fn split_statements(sql: &str) -> Result<Vec<&str>, String> {
     let tokens = tokenize(sql)?;
     let mut statements = Vec::new();
     let mut start = 0;
+    // Semicolons are ASCII, so the cuts fall on character boundaries.
+    let cut = |from: usize, to: usize| {
+        sql.get(from..to)
+            .map(str::trim)
+            .ok_or_else(|| format!("cannot split the statements at byte {to}"))
+    };
     for (offset, token) in &tokens {
         if *token == Token::Semicolon {
-            statements.push(sql[start..*offset].trim());
+            statements.push(cut(start, *offset)?);
             start = offset + 1;
         }
     }
-    statements.push(sql[start..].trim());
+    statements.push(cut(start, sql.len())?);
     statements.retain(|s| !s.is_empty() && tokenize(s).map(|t| !t.is_empty()).unwrap_or(true));
     Ok(statements)
 }
@@ -222,5 +234,59 @@ mod tests {
                 Token::Word("stdin"),
             ]
         );
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// What opens, closes or separates something for the tokenizer.
+        const MARKS: &[&str] = &[
+            "'", "\"", "$", "$t$", ";", "--", "/*", "*/", "\\", "E'", "\n", " ",
+        ];
+
+        /// Text made mostly of the characters the tokenizer cares about, plus any character.
+        fn sqlish() -> impl Strategy<Value = String> {
+            proptest::collection::vec(
+                prop_oneof![
+                    proptest::sample::select(MARKS).prop_map(String::from),
+                    "[a-z0-9_]{1,4}",
+                    any::<char>().prop_map(String::from),
+                ],
+                0..24,
+            )
+            .prop_map(|parts| parts.concat())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn tokens_are_pieces_of_the_text(sql in prop_oneof![sqlish(), any::<String>()]) {
+                if let Ok(tokens) = tokenize(&sql) {
+                    for (offset, token) in tokens {
+                        prop_assert!(sql.is_char_boundary(offset));
+                        let rest = sql.get(offset..).unwrap_or_default();
+                        match token {
+                            Token::Word(t) | Token::QuotedIdent(t) | Token::String(t)
+                            | Token::Number(t) => prop_assert!(rest.starts_with(t)),
+                            Token::Semicolon => prop_assert!(rest.starts_with(';')),
+                            Token::Punct(c) => prop_assert!(rest.starts_with(c)),
+                        }
+                    }
+                }
+            }
+
+            #[test]
+            fn statements_are_pieces_of_the_text(sql in prop_oneof![sqlish(), any::<String>()]) {
+                if let Ok(statements) = split_statements(&sql) {
+                    for statement in statements {
+                        prop_assert!(!statement.is_empty());
+                        prop_assert!(sql.contains(statement));
+                    }
+                }
+            }
+        }
     }
 }

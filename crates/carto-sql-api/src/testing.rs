@@ -83,6 +83,7 @@ impl TestServer {
         if config.batch.max_restarts == crate::jobs::BatchConfig::default().max_restarts {
             config.batch.max_restarts = 1000;
         }
+        let limits = config.connections.clone();
         let server = Server::open(cluster(), config)
             .await
             .expect("opening the test server");
@@ -93,7 +94,8 @@ impl TestServer {
         server.jobs().start_workers();
         let router = server.router();
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
+            let _ =
+                crate::http_server::serve(listener, router, limits, std::future::pending()).await;
         });
         TestServer { addr, server, task }
     }

@@ -61,6 +61,9 @@
 //! # Blocking use
 //! [`blocking`] has the same clients for code without an async runtime.
 #![deny(missing_docs)]
+// Slicing client text at a byte offset panics inside a multi-byte character: use `get(..)`
+// or char-aware code. Tests may slice text they wrote themselves.
+#![cfg_attr(not(test), deny(clippy::string_slice))]
 
 pub mod batch;
 pub mod blocking;

@@ -34,6 +34,8 @@ pub struct UploadLimits {
     pub max_post_size_label: String,
     /// Decoded bytes the user's quota still allows; `None` = unlimited.
     pub quota_remaining: Option<u64>,
+    /// Largest body once gunzipped, in bytes; `None` = no limit of its own.
+    pub max_decompressed: Option<u64>,
 }
 
 /// Why an upload stopped before PostgreSQL saw all of it.
@@ -219,6 +221,11 @@ pub async fn copy_from(
             }
         };
         decoded += chunk.len() as u64;
+        if let Some(max) = limits.max_decompressed.filter(|max| decoded > *max) {
+            break Some(ApiError::bad_request(format!(
+                "COPY FROM maximum decompressed size of {max} bytes exceeded"
+            )));
+        }
         if limits.quota_remaining.is_some_and(|quota| decoded > quota) {
             break Some(ApiError::bad_request("DB Quota exceeded"));
         }

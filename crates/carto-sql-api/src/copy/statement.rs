@@ -22,9 +22,13 @@ pub fn check(q: Option<&str>, direction: Direction) -> Result<(), ApiError> {
         Some(sql) if !sql.is_empty() => sql,
         _ => return Err(ApiError::bad_request("SQL is missing")),
     };
-    let starts_with_copy = sql.len() > 4
-        && sql[..4].eq_ignore_ascii_case("copy")
-        && sql.as_bytes()[4].is_ascii_whitespace();
+    // Bytes, not `str` slices: byte 4 may fall inside a multi-byte character.
+    let starts_with_copy = sql
+        .as_bytes()
+        .split_first_chunk::<4>()
+        .is_some_and(|(word, rest)| {
+            word.eq_ignore_ascii_case(b"copy") && rest.first().is_some_and(u8::is_ascii_whitespace)
+        });
     if !starts_with_copy {
         return Err(ApiError::bad_request("SQL must start with COPY"));
     }
@@ -146,6 +150,12 @@ mod tests {
             from("COPYt FROM STDIN").unwrap_err(),
             "SQL must start with COPY"
         );
+        // Byte 4 inside `é`: this used to panic.
+        assert_eq!(
+            from("abcé COPY t FROM STDIN").unwrap_err(),
+            "SQL must start with COPY"
+        );
+        assert_eq!(to("copé").unwrap_err(), "SQL must start with COPY");
     }
 
     #[test]
@@ -177,5 +187,96 @@ mod tests {
         assert!(to("COPY (SELECT 1) TO STDOUT; SELECT pg_sleep(1)").is_err());
         assert!(to("COPY (SELECT 1 TO STDOUT").is_err());
         assert!(from("COPY t FROM STDIN WITH (FORMAT csv, DELIMITER ';')").is_ok());
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// A table name as clients write it: plain, quoted (with doubled quotes), qualified.
+        fn table() -> impl Strategy<Value = String> {
+            let part = prop_oneof![
+                "[a-zA-Z_][a-zA-Z0-9_$]{0,8}",
+                "[^\"\\x00]{1,8}".prop_map(|s| format!("\"{}\"", s.replace('"', "\"\""))),
+            ];
+            proptest::collection::vec(part, 1..3).prop_map(|parts| parts.join("."))
+        }
+
+        /// A well-formed `COPY ... FROM STDIN` or `COPY ... TO STDOUT` with random case,
+        /// blanks, columns and options.
+        fn well_formed(direction: Direction) -> impl Strategy<Value = String> {
+            let (keyword, stream) = match direction {
+                Direction::FromStdin => ("from", "stdin"),
+                Direction::ToStdout => ("to", "stdout"),
+            };
+            (
+                table(),
+                proptest::option::of(proptest::collection::vec("[a-z_][a-z0-9_]{0,6}", 1..4)),
+                prop_oneof![
+                    Just(""),
+                    Just(" WITH (FORMAT csv, HEADER true)"),
+                    Just(" (FORMAT binary)"),
+                    Just(" WITH CSV HEADER DELIMITER ';'"),
+                    Just(" WITH (FORMAT csv, NULL '', QUOTE '\"')"),
+                ],
+                "[ \t\n]{1,3}",
+                any::<bool>(),
+                any::<[bool; 3]>(),
+            )
+                .prop_map(move |(table, columns, options, blank, semicolon, upper)| {
+                    let case = |word: &str, up: bool| {
+                        if up {
+                            word.to_uppercase()
+                        } else {
+                            word.to_string()
+                        }
+                    };
+                    let columns = columns
+                        .map(|c| format!(" ({})", c.join(", ")))
+                        .unwrap_or_default();
+                    format!(
+                        "{}{blank}{table}{columns}{blank}{}{blank}{}{options}{}",
+                        case("copy", upper[0]),
+                        case(keyword, upper[1]),
+                        case(stream, upper[2]),
+                        if semicolon { ";" } else { "" },
+                    )
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn never_panics(sql in any::<String>(), to in any::<bool>()) {
+                let direction = if to { Direction::ToStdout } else { Direction::FromStdin };
+                let _ = check(Some(&sql), direction);
+                let copy = format!("COPY {sql}");
+                let _ = check(Some(&copy), direction);
+            }
+
+            #[test]
+            fn accepts_every_well_formed_copy_from(sql in well_formed(Direction::FromStdin)) {
+                prop_assert!(check(Some(&sql), Direction::FromStdin).is_ok(), "{}", sql);
+                prop_assert!(check(Some(&sql), Direction::ToStdout).is_err(), "{}", sql);
+            }
+
+            #[test]
+            fn accepts_every_well_formed_copy_to(sql in well_formed(Direction::ToStdout)) {
+                prop_assert!(check(Some(&sql), Direction::ToStdout).is_ok(), "{}", sql);
+                prop_assert!(check(Some(&sql), Direction::FromStdin).is_err(), "{}", sql);
+            }
+
+            #[test]
+            fn refuses_a_second_statement(
+                sql in well_formed(Direction::FromStdin),
+                second in "[a-zA-Z]{1,8}( [a-z0-9_]{1,6}){0,3}",
+                blank in "[ \n]{0,2}",
+            ) {
+                let sql = format!("{}{blank};{blank}{second}", sql.trim_end_matches(';'));
+                prop_assert!(check(Some(&sql), Direction::FromStdin).is_err(), "{}", sql);
+            }
+        }
     }
 }

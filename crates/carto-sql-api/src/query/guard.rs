@@ -75,10 +75,13 @@ fn relation_names<'a>(value: &'a Value, names: &mut Vec<&'a str>) {
 /// `\bpg_`: `pg_` at the start or after a character that is not a word character.
 fn is_system_name(name: &str) -> bool {
     name.match_indices("pg_").any(|(i, _)| {
-        name[..i]
-            .chars()
-            .next_back()
-            .map_or(true, |c| !(c.is_alphanumeric() || c == '_'))
+        // `i` is where the ASCII `pg_` starts, so a boundary; `get` rather than a panic.
+        name.get(..i).map_or(true, |before| {
+            before
+                .chars()
+                .next_back()
+                .map_or(true, |c| !(c.is_alphanumeric() || c == '_'))
+        })
     })
 }
 

@@ -331,7 +331,7 @@ pub fn jsonp_callback(raw: &str) -> Option<String> {
 fn download_name(filename: &str) -> String {
     let base = filename.rsplit(['/', '\\']).next().unwrap_or(filename);
     let stem = match base.rfind('.') {
-        Some(dot) if dot > 0 => &base[..dot],
+        Some(dot) if dot > 0 => base.get(..dot).unwrap_or(base),
         _ => base,
     };
     stem.chars()

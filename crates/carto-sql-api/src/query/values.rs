@@ -252,7 +252,7 @@ fn is_json_number(text: &str) -> bool {
 fn write_array(element: &ValueKind, text: &str, out: &mut Vec<u8>) -> Option<()> {
     // Arrays with explicit bounds start with their dimensions; the elements follow `=`.
     let body = if text.starts_with('[') {
-        &text[text.find('=')? + 1..]
+        text.split_once('=')?.1
     } else {
         text
     };
@@ -376,7 +376,7 @@ fn split_offset(text: &str) -> Option<(&str, FixedOffset)> {
     let (datetime, offset) = text.split_at(pos);
     let sign = if offset.starts_with('-') { -1 } else { 1 };
     let mut seconds = 0;
-    for (part, unit) in offset[1..].split(':').zip([3600, 60, 1]) {
+    for (part, unit) in offset.get(1..)?.split(':').zip([3600, 60, 1]) {
         seconds += part.parse::<i32>().ok()? * unit;
     }
     Some((datetime, FixedOffset::east_opt(sign * seconds)?))

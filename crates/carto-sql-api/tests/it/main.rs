@@ -8,6 +8,8 @@ mod copy_to;
 mod jobs;
 mod keys;
 mod limits;
+mod odd_input;
 mod security;
+mod slow_clients;
 mod sql;
 mod support;
