@@ -192,7 +192,7 @@ async fn run(cli: Cli) -> Result<()> {
             config
         }
     };
-    let result = run_command(cli.command, admin).await;
+    let result = run_command(cli.command, admin, cluster.as_ref()).await;
     if let Some(mut cluster) = cluster {
         if let Err(error) = cluster.stop().await {
             tracing::warn!(%error, "stopping the embedded cluster");
@@ -201,7 +201,12 @@ async fn run(cli: Cli) -> Result<()> {
     result
 }
 
-async fn run_command(command: Command, admin: tokio_postgres::Config) -> Result<()> {
+/// Runs `command`; `cluster` is the embedded cluster, if the server runs on it.
+async fn run_command(
+    command: Command,
+    admin: tokio_postgres::Config,
+    cluster: Option<&EmbeddedCluster>,
+) -> Result<()> {
     match command {
         Command::Serve {
             listen,
@@ -240,12 +245,19 @@ async fn run_command(command: Command, admin: tokio_postgres::Config) -> Result<
             let url = public_url.unwrap_or_else(|| format!("http://{listen}"));
             tracing::info!(%url, "carto-sql-api listening");
             server.jobs().start_workers();
+            // PostgreSQL dying must not take the server with it: the embedded cluster is
+            // restarted in place, and the pools reconnect (with --database-url, they reconnect
+            // once the operator has the database back).
+            let supervisor = cluster.map(|cluster| cluster.supervise(SUPERVISE_INTERVAL));
             let served = axum::serve(listener, server.router())
                 .with_graceful_shutdown(shutdown_signal())
                 .await;
             tracing::info!("shutting down");
             // Running batch queries are cancelled and their jobs re-queued for another server.
             server.jobs().shutdown().await;
+            if let Some(supervisor) = supervisor {
+                supervisor.abort();
+            }
             served?;
             Ok(())
         }
@@ -357,6 +369,9 @@ async fn run_key_command(command: KeyCommand, admin: tokio_postgres::Config) -> 
     }
     Ok(())
 }
+
+/// How often the embedded cluster is checked, and restarted if it died.
+const SUPERVISE_INTERVAL: Duration = Duration::from_secs(1);
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

@@ -8,5 +8,6 @@ mod copy_to;
 mod jobs;
 mod keys;
 mod limits;
+mod outage;
 mod sql;
 mod support;
