@@ -9,16 +9,23 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tokio_postgres::error::DbError;
+use tokio_postgres::error::{DbError, SqlState};
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::error::ApiError;
 
 /// Pools of connections, one per (database, role), created on first use.
+///
+/// Whatever a key's role does to itself cannot change how later connections are made: a
+/// connection refused for a wrong password gets the role's password reset from the metadata
+/// and is retried once, and a new connection finding defaults set on its own role (`ALTER ROLE
+/// CURRENT_USER SET ...`) has them removed and is reopened. Both repairs run as the superuser.
 #[derive(Clone)]
 pub struct Pools {
     /// Host and port of the cluster (Unix socket dir or TCP host); user and database unset.
     base: tokio_postgres::Config,
+    /// The superuser, to repair roles.
+    admin: tokio_postgres::Config,
     max_size: usize,
     pools: Arc<Mutex<HashMap<(String, String), Pool>>>,
     notices: NoticeRoutes,
@@ -36,8 +43,8 @@ pub struct RoleLogin {
 }
 
 impl Pools {
-    /// Pools reaching the cluster that `cluster` points at, each holding up to `max_size`
-    /// connections.
+    /// Pools reaching the cluster that `cluster` (the superuser's settings) points at, each
+    /// holding up to `max_size` connections.
     pub fn new(cluster: &tokio_postgres::Config, max_size: usize) -> Self {
         let mut base = tokio_postgres::Config::new();
         for host in cluster.get_hosts() {
@@ -52,6 +59,7 @@ impl Pools {
         base.application_name("carto-sql-api");
         Pools {
             base,
+            admin: cluster.clone(),
             max_size,
             pools: Arc::default(),
             notices: NoticeRoutes::default(),
@@ -75,8 +83,9 @@ impl Pools {
                         .password(&login.password);
                     let manager = Manager::from_connect(
                         config,
-                        NoticeRoutingConnect {
+                        RoleConnect {
                             routes: self.notices.clone(),
+                            admin: self.admin.clone(),
                         },
                         ManagerConfig {
                             recycling_method: RecyclingMethod::Clean,
@@ -178,52 +187,155 @@ impl Drop for Notices {
     }
 }
 
-/// Connects like deadpool's default, but runs the connection's message loop itself so that
-/// notices reach the request that raised them instead of being dropped.
-struct NoticeRoutingConnect {
+/// Connects as a key's role like deadpool's default, but repairs what the role may have done to
+/// itself (see [`Pools`]), and runs the connection's message loop itself so that notices reach
+/// the request that raised them instead of being dropped.
+struct RoleConnect {
     routes: NoticeRoutes,
+    admin: tokio_postgres::Config,
 }
 
-impl deadpool_postgres::Connect for NoticeRoutingConnect {
+type Connected = (tokio_postgres::Client, tokio::task::JoinHandle<()>);
+
+impl deadpool_postgres::Connect for RoleConnect {
     fn connect(
         &self,
         config: &tokio_postgres::Config,
-    ) -> BoxFuture<
-        '_,
-        Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
-    > {
+    ) -> BoxFuture<'_, Result<Connected, tokio_postgres::Error>> {
         let config = config.clone();
         Box::pin(async move {
-            let (client, mut connection) = config.connect(NoTls).await?;
-            let slot: Arc<NoticeSlot> = Arc::default();
-            let task_slot = slot.clone();
-            let task = tokio::spawn(async move {
-                let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-                while let Some(message) = messages.next().await {
-                    match message {
-                        Ok(AsyncMessage::Notice(notice)) => {
-                            let listener = task_slot.lock().unwrap_or_else(|p| p.into_inner());
-                            if let Some(tx) = listener.as_ref() {
-                                // Full: the request has enough messages; drop the rest.
-                                let _ = tx.try_send(notice);
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(error) => {
-                            tracing::debug!(%error, "connection closed");
-                            break;
-                        }
-                    }
+            let role = config.get_user().unwrap_or_default().to_string();
+            let connected = match self.open(&config).await {
+                Err(error) if is_refused_login(&error) => {
+                    let password = config.get_password().unwrap_or_default();
+                    reset_password(&self.admin, &role, password).await?;
+                    tracing::warn!(%role, "a role's password had changed: reset it");
+                    self.open(&config).await?
                 }
-            });
-            let pid: i32 = client
-                .query_one("SELECT pg_backend_pid()", &[])
-                .await?
-                .get(0);
-            self.routes.register(pid, &slot);
-            Ok((client, task))
+                other => other?,
+            };
+            if !has_own_defaults(&connected.0).await {
+                return Ok(connected);
+            }
+            drop(connected);
+            reset_role_defaults(&self.admin, &role).await?;
+            tracing::warn!(%role, "a role had set its own defaults: removed them");
+            self.open(&config).await
         })
     }
+}
+
+impl RoleConnect {
+    /// Opens one connection, its message loop routing notices.
+    async fn open(
+        &self,
+        config: &tokio_postgres::Config,
+    ) -> Result<Connected, tokio_postgres::Error> {
+        let (client, mut connection) = config.connect(NoTls).await?;
+        let slot: Arc<NoticeSlot> = Arc::default();
+        let task_slot = slot.clone();
+        let task = tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notice(notice)) => {
+                        let listener = task_slot.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Some(tx) = listener.as_ref() {
+                            // Full: the request has enough messages; drop the rest.
+                            let _ = tx.try_send(notice);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::debug!(%error, "connection closed");
+                        break;
+                    }
+                }
+            }
+        });
+        let pid: i32 = client
+            .query_one("SELECT pg_catalog.pg_backend_pid()", &[])
+            .await?
+            .get(0);
+        self.routes.register(pid, &slot);
+        Ok((client, task))
+    }
+}
+
+/// Whether PostgreSQL refused the login itself (wrong password, or no such login).
+fn is_refused_login(error: &tokio_postgres::Error) -> bool {
+    error.code().is_some_and(|code| {
+        *code == SqlState::INVALID_PASSWORD
+            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+    })
+}
+
+/// Whether the connected role has defaults of its own (`ALTER ROLE ... SET`, in any database);
+/// also true when that cannot be told, since a role's own defaults can break the check itself.
+/// It runs under the role's search_path, hence every name and operator schema-qualified.
+async fn has_own_defaults(client: &tokio_postgres::Client) -> bool {
+    let check = client
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_db_role_setting s \
+             WHERE s.setrole OPERATOR(pg_catalog.=) (SELECT r.oid FROM pg_catalog.pg_roles r \
+             WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER))",
+            &[],
+        )
+        .await;
+    match check {
+        Ok(row) => row.get(0),
+        Err(error) => {
+            tracing::debug!(%error, "checking a role's own defaults");
+            true
+        }
+    }
+}
+
+/// Sets `role`'s password back to `password` (the metadata's), as a SCRAM verifier computed
+/// here so that the password itself is never in SQL text nor in PostgreSQL's log.
+async fn reset_password(
+    admin: &tokio_postgres::Config,
+    role: &str,
+    password: &[u8],
+) -> Result<(), tokio_postgres::Error> {
+    let verifier = postgres_protocol::password::scram_sha_256(password);
+    connect(admin)
+        .await?
+        .batch_execute(&format!(
+            "ALTER ROLE {} PASSWORD {}",
+            quote_ident(role),
+            quote_literal(&verifier)
+        ))
+        .await
+}
+
+/// Removes every default `role` set on itself, in every database.
+async fn reset_role_defaults(
+    admin: &tokio_postgres::Config,
+    role: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let client = connect(admin).await?;
+    let rows = client
+        .query(
+            "SELECT d.datname FROM pg_catalog.pg_db_role_setting s \
+             JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) s.setrole \
+             LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) s.setdatabase \
+             WHERE r.rolname OPERATOR(pg_catalog.=) $1",
+            &[&role],
+        )
+        .await?;
+    for row in rows {
+        let statement = match row.get::<_, Option<String>>(0) {
+            Some(database) => format!(
+                "ALTER ROLE {} IN DATABASE {} RESET ALL",
+                quote_ident(role),
+                quote_ident(&database)
+            ),
+            None => format!("ALTER ROLE {} RESET ALL", quote_ident(role)),
+        };
+        client.batch_execute(&statement).await?;
+    }
+    Ok(())
 }
 
 /// Takes a connection out of its pool and closes it: for a connection that was busy when its

@@ -56,7 +56,7 @@ pub struct Config {
     /// Connections per (database, role) pool. Default 16.
     pub pool_size: usize,
     /// `statement_timeout` set for `/sql` statements, in PostgreSQL's syntax (e.g. `15s`).
-    /// Default `None`: the key role's own setting applies, as upstream.
+    /// Default `None`: the user database's setting applies (role defaults do not last).
     pub query_timeout: Option<String>,
     /// Server-wide rate limits per endpoint group (users may have their own). Default: none.
     pub rate_limits: limits::RateLimits,

@@ -53,7 +53,7 @@ enum Command {
         #[arg(long, default_value_t = Config::default().pool_size)]
         pool_size: usize,
         /// statement_timeout of /sql statements (PostgreSQL syntax, e.g. 15s); default: the
-        /// key role's own setting.
+        /// user database's setting.
         #[arg(long)]
         query_timeout: Option<String>,
         /// Base URL printed for users (default: from --listen).

@@ -9,5 +9,6 @@ mod jobs;
 mod keys;
 mod limits;
 mod outage;
+mod role_self_changes;
 mod sql;
 mod support;
