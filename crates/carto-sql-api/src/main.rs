@@ -49,11 +49,13 @@ enum Command {
         /// statement_timeout of COPY statements (PostgreSQL syntax, e.g. 5h, 30min).
         #[arg(long, default_value = "5h")]
         copy_timeout: String,
-        /// Connections per (database, role) pool.
+        /// Connections of each master key's pool.
         #[arg(long, default_value_t = Config::default().pool_size)]
         pool_size: usize,
-        /// statement_timeout of /sql statements (PostgreSQL syntax, e.g. 15s); default: the
-        /// user database's setting.
+        #[command(flatten)]
+        connections: ConnectionFlags,
+        /// statement_timeout of /sql statements (PostgreSQL syntax, e.g. 15s); default:
+        /// --key-statement-timeout, or for master keys the user database's setting.
         #[arg(long)]
         query_timeout: Option<String>,
         /// Base URL printed for users (default: from --listen).
@@ -84,6 +86,37 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+}
+
+/// How much of PostgreSQL each user may hold, and for how long.
+#[derive(clap::Args)]
+struct ConnectionFlags {
+    /// PostgreSQL connections the public role and the regular keys of one user may hold
+    /// together; master keys have their own --pool-size.
+    #[arg(long, default_value_t = Config::default().user_connections)]
+    user_connections: usize,
+    /// Milliseconds a request waits for a connection before it is answered 429 with
+    /// Retry-After.
+    #[arg(long, default_value_t = Config::default().pool_wait_timeout.as_millis() as u64)]
+    pool_wait_timeout_ms: u64,
+    /// Seconds after which an unused pooled connection is closed.
+    #[arg(long, default_value_t = Config::default().pool_idle_timeout.as_secs())]
+    pool_idle_timeout_s: u64,
+    /// statement_timeout of the public role and regular keys (PostgreSQL syntax, e.g. 5min),
+    /// which no role or database default can change; 0 for none.
+    #[arg(long, default_value = "5min")]
+    key_statement_timeout: String,
+}
+
+impl ConnectionFlags {
+    /// Sets these flags' fields of `config`.
+    fn apply(self, config: &mut Config) {
+        config.user_connections = self.user_connections;
+        config.pool_wait_timeout = Duration::from_millis(self.pool_wait_timeout_ms);
+        config.pool_idle_timeout = Duration::from_secs(self.pool_idle_timeout_s);
+        config.key_statement_timeout =
+            (self.key_statement_timeout.trim() != "0").then_some(self.key_statement_timeout);
+    }
 }
 
 #[derive(Subcommand)]
@@ -213,6 +246,7 @@ async fn run_command(
             max_post_size,
             copy_timeout,
             pool_size,
+            connections,
             query_timeout,
             public_url,
             rate_limits,
@@ -220,7 +254,7 @@ async fn run_command(
             batch_query_timeout_ms,
             batch_workers,
         } => {
-            let config = Config {
+            let mut config = Config {
                 max_post_size,
                 max_post_size_label: if max_post_size == Config::default().max_post_size {
                     "2 GB".into()
@@ -237,7 +271,9 @@ async fn run_command(
                     workers: batch_workers,
                     ..BatchConfig::default()
                 },
+                ..Config::default()
             };
+            connections.apply(&mut config);
             let server = Server::open(admin, config).await?;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await

@@ -11,4 +11,5 @@ mod limits;
 mod outage;
 mod role_self_changes;
 mod sql;
+mod starvation;
 mod support;

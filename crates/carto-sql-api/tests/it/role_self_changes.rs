@@ -8,27 +8,15 @@ use serde_json::Value;
 
 use crate::support;
 
-/// Runs `q` through `/sql` with `api_key` (none: anonymous); returns status and JSON.
+/// `/sql` with `api_key` (none: anonymous): status and JSON.
 async fn sql_as(
     server: &TestServer,
     user: &TestUser,
     api_key: Option<&str>,
     q: &str,
 ) -> (u16, Value) {
-    let mut form = vec![("q", q)];
-    if let Some(key) = api_key {
-        form.push(("api_key", key));
-    }
-    let response = support::http()
-        .post(format!("{}/sql", server.api_url(user)))
-        .form(&form)
-        .send()
-        .await
-        .expect("sql request");
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("sql answer");
-    let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
-    (status, json)
+    let (status, _, body) = support::sql_as(server, user, api_key, q).await;
+    (status, body)
 }
 
 /// What a role may do to itself, for `user`'s database: its own defaults first, its password
@@ -107,4 +95,53 @@ async fn master_keys_cannot_break_their_role() {
     let server = TestServer::start().await;
     let user = server.create_user().await;
     survives_its_own_changes(Some(&user.api_key), &user, &server).await;
+}
+
+/// The server-wide statement timeout of anonymous callers holds whatever their role sets, and
+/// does not apply to the master key. Written with a space, which the startup options must
+/// escape.
+#[tokio::test]
+async fn the_key_statement_timeout_is_the_servers() {
+    let server = TestServer::with_config(carto_sql_api::Config {
+        key_statement_timeout: Some("300 ms".into()),
+        ..Default::default()
+    })
+    .await;
+    let user = server.create_user().await;
+    let (status, body) = sql_as(
+        &server,
+        &user,
+        None,
+        "ALTER ROLE CURRENT_USER SET statement_timeout = 0",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let fresh = TestServer::with_config(carto_sql_api::Config {
+        key_statement_timeout: Some("300 ms".into()),
+        ..Default::default()
+    })
+    .await;
+    let (status, body) = sql_as(&fresh, &user, None, "SELECT pg_sleep(3)").await;
+    assert_eq!(status, 429, "{body}");
+    let (status, body) = sql_as(&fresh, &user, Some(&user.api_key), "SELECT pg_sleep(1)").await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// A statement timeout PostgreSQL would refuse stops the server at start, instead of failing
+/// every anonymous request.
+#[tokio::test]
+async fn a_bad_key_statement_timeout_is_refused_at_start() {
+    let opened = carto_sql_api::Server::open(
+        carto_sql_api::testing::cluster(),
+        carto_sql_api::Config {
+            key_statement_timeout: Some("soon".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let error = format!("{:#}", opened.err().expect("a refused timeout"));
+    assert!(
+        error.contains("invalid key statement timeout 'soon'"),
+        "{error}"
+    );
 }
