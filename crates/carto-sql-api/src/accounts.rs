@@ -199,7 +199,7 @@ impl Accounts {
                 "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
                  PASSWORD {}",
                 quote_ident(role),
-                password_literal(password)
+                password_literal(password.as_bytes())
             )
         };
         let steps = async {

@@ -4,24 +4,60 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use futures::future::BoxFuture;
 use futures::StreamExt;
-use tokio::sync::mpsc;
-use tokio_postgres::error::DbError;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_postgres::error::{DbError, SqlState};
 use tokio_postgres::{AsyncMessage, NoTls};
 
+use crate::accounts::{ApiKey, KeyKind};
 use crate::error::ApiError;
 
+/// How the pools connect, and how much of PostgreSQL each user may hold.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Connections of each master key's pool.
+    pub master_connections: usize,
+    /// Connections the public role and the regular keys of one user may hold together, busy or
+    /// idle: what anonymous callers can take from PostgreSQL's `max_connections`.
+    pub user_connections: usize,
+    /// Longest a request waits for a connection before it is answered [`ApiError::busy`].
+    pub wait_timeout: Duration,
+    /// Pooled connections unused for this long are closed, giving their room back.
+    pub idle_timeout: Duration,
+    /// `statement_timeout` of the public role and regular keys (PostgreSQL syntax), set when
+    /// connecting so that no role or database default can change it; `None`: none.
+    pub key_statement_timeout: Option<String>,
+}
+
 /// Pools of connections, one per (database, role), created on first use.
+///
+/// Whatever a key's role does to itself cannot change how later connections are made: a
+/// connection refused for a wrong password gets the role's password reset from the metadata
+/// and is retried once, and a new connection finding defaults set on its own role (`ALTER ROLE
+/// CURRENT_USER SET ...`) has them removed and is reopened. Both repairs run as the superuser.
 #[derive(Clone)]
 pub struct Pools {
     /// Host and port of the cluster (Unix socket dir or TCP host); user and database unset.
     base: tokio_postgres::Config,
-    max_size: usize,
-    pools: Arc<Mutex<HashMap<(String, String), Pool>>>,
+    /// The superuser, to repair roles.
+    admin: tokio_postgres::Config,
+    settings: Arc<PoolSettings>,
+    pools: Arc<Mutex<HashMap<(String, String), RolePool>>>,
+    /// Per user database, the connections its public role and regular keys may still open.
+    shared_room: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
     notices: NoticeRoutes,
+}
+
+/// The pool of one (database, role).
+#[derive(Clone)]
+struct RolePool {
+    pool: Pool,
+    /// Whether its connections count against the user's shared room (all but master keys).
+    shared: bool,
 }
 
 /// A role to connect as: its name and password, and the database.
@@ -36,61 +72,128 @@ pub struct RoleLogin {
 }
 
 impl Pools {
-    /// Pools reaching the cluster that `cluster` points at, each holding up to `max_size`
-    /// connections.
-    pub fn new(cluster: &tokio_postgres::Config, max_size: usize) -> Self {
+    /// Pools reaching the cluster that `admin` (the superuser's settings) points at. Within a
+    /// Tokio runtime, a task closes idle connections as `settings.idle_timeout` says.
+    pub fn new(admin: &tokio_postgres::Config, settings: PoolSettings) -> Self {
         let mut base = tokio_postgres::Config::new();
-        for host in cluster.get_hosts() {
+        for host in admin.get_hosts() {
             match host {
                 tokio_postgres::config::Host::Tcp(h) => base.host(h),
                 tokio_postgres::config::Host::Unix(p) => base.host_path(p),
             };
         }
-        for port in cluster.get_ports() {
+        for port in admin.get_ports() {
             base.port(*port);
         }
-        base.application_name("carto-sql-api");
-        Pools {
+        base.application_name("carto-sql-api")
+            .connect_timeout(CONNECT_TIMEOUT);
+        let pools = Pools {
             base,
-            max_size,
+            admin: admin.clone(),
+            settings: Arc::new(settings),
             pools: Arc::default(),
+            shared_room: Arc::default(),
             notices: NoticeRoutes::default(),
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(close_idle(
+                Arc::downgrade(&pools.pools),
+                pools.settings.idle_timeout,
+            ));
         }
+        pools
     }
 
-    /// A pooled connection authenticated as `login.role` on `login.database`.
+    /// A pooled connection authenticated as `key`'s role on its database.
     ///
     /// Connections are recycled with `DISCARD`-style cleaning (`RESET ALL` and friends), so
     /// session settings such as a COPY's `statement_timeout` never leak into the next request.
-    pub async fn get(&self, login: &RoleLogin) -> Result<Object, ApiError> {
-        let pool = {
-            let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-            pools
-                .entry((login.database.clone(), login.role.clone()))
-                .or_insert_with(|| {
-                    let mut config = self.base.clone();
-                    config
-                        .dbname(&login.database)
-                        .user(&login.role)
-                        .password(&login.password);
-                    let manager = Manager::from_connect(
-                        config,
-                        NoticeRoutingConnect {
-                            routes: self.notices.clone(),
-                        },
-                        ManagerConfig {
-                            recycling_method: RecyclingMethod::Clean,
-                        },
-                    );
-                    // Building a pool without a runtime hook cannot fail.
-                    Pool::builder(manager)
-                        .max_size(self.max_size)
-                        .build()
-                        .expect("pool without runtime hooks")
-                })
-                .clone()
+    /// A request finding no connection within the wait timeout gets [`ApiError::busy`]; one
+    /// finding PostgreSQL unreachable gets [`ApiError::unavailable`].
+    pub async fn get(&self, key: &ApiKey) -> Result<Object, ApiError> {
+        let shared = key.kind != KeyKind::Master;
+        let pool = self.pool(&key.login, shared);
+        let checkout = async {
+            if shared {
+                self.make_room(&key.login, &pool);
+            }
+            Ok(pool.get().await?)
         };
-        Ok(pool.get().await?)
+        tokio::time::timeout(self.settings.wait_timeout, checkout)
+            .await
+            .unwrap_or_else(|_| Err(ApiError::busy()))
+    }
+
+    /// The pool of `login`'s (database, role), created on first use.
+    fn pool(&self, login: &RoleLogin, shared: bool) -> Pool {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (login.database.clone(), login.role.clone());
+        if let Some(existing) = pools.get(&key) {
+            return existing.pool.clone();
+        }
+        let mut config = self.base.clone();
+        config
+            .dbname(&login.database)
+            .user(&login.role)
+            .password(&login.password);
+        let (room, max_size) = if shared {
+            if let Some(timeout) = &self.settings.key_statement_timeout {
+                config.options(statement_timeout_option(timeout));
+            }
+            let room = self.shared_room(&login.database);
+            (Some(room), self.settings.user_connections)
+        } else {
+            (None, self.settings.master_connections)
+        };
+        let manager = Manager::from_connect(
+            config,
+            RoleConnect {
+                routes: self.notices.clone(),
+                admin: self.admin.clone(),
+                room,
+            },
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Clean,
+            },
+        );
+        // Building a pool without a runtime hook cannot fail.
+        let pool = Pool::builder(manager)
+            .max_size(max_size.max(1))
+            .build()
+            .expect("pool without runtime hooks");
+        pools.insert(
+            key,
+            RolePool {
+                pool: pool.clone(),
+                shared,
+            },
+        );
+        pool
+    }
+
+    /// The room shared by the public role and the regular keys of the user of `database`.
+    fn shared_room(&self, database: &str) -> Arc<Semaphore> {
+        let mut rooms = self.shared_room.lock().unwrap_or_else(|p| p.into_inner());
+        rooms
+            .entry(database.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.settings.user_connections.max(1))))
+            .clone()
+    }
+
+    /// When the user's shared room is full and `pool` has no idle connection to offer, closes
+    /// the idle connections of the user's other shared pools, so that a key used now is not
+    /// kept waiting by connections another key no longer uses.
+    fn make_room(&self, login: &RoleLogin, pool: &Pool) {
+        if self.shared_room(&login.database).available_permits() > 0 || pool.status().available > 0
+        {
+            return;
+        }
+        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        for ((database, role), other) in pools.iter() {
+            if other.shared && *database == login.database && *role != login.role {
+                other.pool.retain(|_, _| false);
+            }
+        }
     }
 
     /// Routes the server messages (NOTICE, WARNING, ...) that `client`'s statements raise to the
@@ -126,6 +229,62 @@ impl Pools {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools.remove(&(database.to_string(), role.to_string()));
     }
+}
+
+/// Checks that PostgreSQL accepts `timeout` as the `statement_timeout` that
+/// [`PoolSettings::key_statement_timeout`] sets when connecting, by connecting once with it as
+/// the superuser `admin`: a bad value must stop the server at start, not fail every request.
+pub async fn check_key_statement_timeout(
+    admin: &tokio_postgres::Config,
+    timeout: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let mut config = admin.clone();
+    config.options(statement_timeout_option(timeout));
+    connect(&config).await.map(drop)
+}
+
+/// How long opening a TCP connection may take before PostgreSQL counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Closes, every half `idle_timeout` (at least every second), the pooled connections unused
+/// for `idle_timeout`, until the pools are gone.
+async fn close_idle(
+    pools: Weak<Mutex<HashMap<(String, String), RolePool>>>,
+    idle_timeout: Duration,
+) {
+    let mut tick = tokio::time::interval((idle_timeout / 2).max(Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pools) = pools.upgrade() else {
+            return;
+        };
+        let pools: Vec<Pool> = {
+            let pools = pools.lock().unwrap_or_else(|p| p.into_inner());
+            pools.values().map(|entry| entry.pool.clone()).collect()
+        };
+        for pool in pools {
+            pool.retain(|_, metrics| metrics.last_used() < idle_timeout);
+        }
+    }
+}
+
+/// The startup `options` setting `statement_timeout` to `timeout`: such a setting outranks role
+/// and database defaults.
+fn statement_timeout_option(timeout: &str) -> String {
+    format!("-c statement_timeout={}", escape_option(timeout))
+}
+
+/// Escapes a value for the startup `options` string, where white space separates arguments.
+fn escape_option(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        if c == '\\' || c.is_whitespace() {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 /// Where each pooled connection's server messages go: by backend pid, the listener of the
@@ -178,52 +337,182 @@ impl Drop for Notices {
     }
 }
 
-/// Connects like deadpool's default, but runs the connection's message loop itself so that
-/// notices reach the request that raised them instead of being dropped.
-struct NoticeRoutingConnect {
+/// Connects as a key's role like deadpool's default, but repairs what the role may have done to
+/// itself (see [`Pools`]), holds a place in the user's shared room for as long as the
+/// connection lives, and runs the connection's message loop itself so that notices reach the
+/// request that raised them instead of being dropped.
+struct RoleConnect {
     routes: NoticeRoutes,
+    admin: tokio_postgres::Config,
+    /// The user's shared room, for the public role and regular keys.
+    room: Option<Arc<Semaphore>>,
 }
 
-impl deadpool_postgres::Connect for NoticeRoutingConnect {
+type Connected = (tokio_postgres::Client, tokio::task::JoinHandle<()>);
+
+impl deadpool_postgres::Connect for RoleConnect {
     fn connect(
         &self,
         config: &tokio_postgres::Config,
-    ) -> BoxFuture<
-        '_,
-        Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
-    > {
+    ) -> BoxFuture<'_, Result<Connected, tokio_postgres::Error>> {
         let config = config.clone();
         Box::pin(async move {
-            let (client, mut connection) = config.connect(NoTls).await?;
-            let slot: Arc<NoticeSlot> = Arc::default();
-            let task_slot = slot.clone();
-            let task = tokio::spawn(async move {
-                let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-                while let Some(message) = messages.next().await {
-                    match message {
-                        Ok(AsyncMessage::Notice(notice)) => {
-                            let listener = task_slot.lock().unwrap_or_else(|p| p.into_inner());
-                            if let Some(tx) = listener.as_ref() {
-                                // Full: the request has enough messages; drop the rest.
-                                let _ = tx.try_send(notice);
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(error) => {
-                            tracing::debug!(%error, "connection closed");
-                            break;
-                        }
-                    }
+            let place = match &self.room {
+                // The semaphore is never closed.
+                Some(room) => room.clone().acquire_owned().await.ok(),
+                None => None,
+            };
+            let place = Arc::new(place);
+            let role = config.get_user().unwrap_or_default().to_string();
+            let connected = match self.open(&config, &place).await {
+                Err(error) if is_refused_login(&error) => {
+                    let password = config.get_password().unwrap_or_default();
+                    reset_password(&self.admin, &role, password).await?;
+                    tracing::warn!(%role, "a role's password had changed: reset it");
+                    self.open(&config, &place).await?
                 }
-            });
-            let pid: i32 = client
-                .query_one("SELECT pg_backend_pid()", &[])
-                .await?
-                .get(0);
-            self.routes.register(pid, &slot);
-            Ok((client, task))
+                other => other?,
+            };
+            if !has_own_defaults(&connected.0).await {
+                return Ok(connected);
+            }
+            drop(connected);
+            reset_role_defaults(&self.admin, &role).await?;
+            tracing::warn!(%role, "a role had set its own defaults: removed them");
+            self.open(&config, &place).await
         })
     }
+}
+
+/// One connection as `config`'s role outside any pool (a batch job's), repaired like pooled
+/// ones (see [`Pools`]): what the role did to its own password or defaults does not stop it.
+/// The returned task owns the socket: aborting it closes the connection.
+pub(crate) async fn connect_role(
+    admin: &tokio_postgres::Config,
+    config: &tokio_postgres::Config,
+) -> Result<Connected, tokio_postgres::Error> {
+    use deadpool_postgres::Connect;
+    let connect = RoleConnect {
+        routes: NoticeRoutes::default(),
+        admin: admin.clone(),
+        room: None,
+    };
+    connect.connect(config).await
+}
+
+impl RoleConnect {
+    /// Opens one connection; its message loop keeps `place` until the connection closes.
+    async fn open(
+        &self,
+        config: &tokio_postgres::Config,
+        place: &Arc<Option<OwnedSemaphorePermit>>,
+    ) -> Result<Connected, tokio_postgres::Error> {
+        let (client, mut connection) = config.connect(NoTls).await?;
+        let slot: Arc<NoticeSlot> = Arc::default();
+        let task_slot = slot.clone();
+        let place = place.clone();
+        let task = tokio::spawn(async move {
+            let _place = place;
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notice(notice)) => {
+                        let listener = task_slot.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Some(tx) = listener.as_ref() {
+                            // Full: the request has enough messages; drop the rest.
+                            let _ = tx.try_send(notice);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::debug!(%error, "connection closed");
+                        break;
+                    }
+                }
+            }
+        });
+        let pid: i32 = client
+            .query_one("SELECT pg_catalog.pg_backend_pid()", &[])
+            .await?
+            .get(0);
+        self.routes.register(pid, &slot);
+        Ok((client, task))
+    }
+}
+
+/// Whether PostgreSQL refused the login itself (wrong password, or no such login).
+fn is_refused_login(error: &tokio_postgres::Error) -> bool {
+    error.code().is_some_and(|code| {
+        *code == SqlState::INVALID_PASSWORD
+            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+    })
+}
+
+/// Whether the connected role has defaults of its own (`ALTER ROLE ... SET`, in any database);
+/// also true when that cannot be told, since a role's own defaults can break the check itself.
+/// It runs under the role's search_path, hence every name and operator schema-qualified.
+async fn has_own_defaults(client: &tokio_postgres::Client) -> bool {
+    let check = client
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_db_role_setting s \
+             WHERE s.setrole OPERATOR(pg_catalog.=) (SELECT r.oid FROM pg_catalog.pg_roles r \
+             WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER))",
+            &[],
+        )
+        .await;
+    match check {
+        Ok(row) => row.get(0),
+        Err(error) => {
+            tracing::debug!(%error, "checking a role's own defaults");
+            true
+        }
+    }
+}
+
+/// Sets `role`'s password back to `password` (the metadata's), as a SCRAM verifier computed
+/// here so that the password itself is never in SQL text nor in PostgreSQL's log.
+async fn reset_password(
+    admin: &tokio_postgres::Config,
+    role: &str,
+    password: &[u8],
+) -> Result<(), tokio_postgres::Error> {
+    connect(admin)
+        .await?
+        .batch_execute(&format!(
+            "ALTER ROLE {} PASSWORD {}",
+            quote_ident(role),
+            password_literal(password)
+        ))
+        .await
+}
+
+/// Removes every default `role` set on itself, in every database.
+async fn reset_role_defaults(
+    admin: &tokio_postgres::Config,
+    role: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let client = connect(admin).await?;
+    let rows = client
+        .query(
+            "SELECT d.datname FROM pg_catalog.pg_db_role_setting s \
+             JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) s.setrole \
+             LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) s.setdatabase \
+             WHERE r.rolname OPERATOR(pg_catalog.=) $1",
+            &[&role],
+        )
+        .await?;
+    for row in rows {
+        let statement = match row.get::<_, Option<String>>(0) {
+            Some(database) => format!(
+                "ALTER ROLE {} IN DATABASE {} RESET ALL",
+                quote_ident(role),
+                quote_ident(&database)
+            ),
+            None => format!("ALTER ROLE {} RESET ALL", quote_ident(role)),
+        };
+        client.batch_execute(&statement).await?;
+    }
+    Ok(())
 }
 
 /// Takes a connection out of its pool and closes it: for a connection that was busy when its
@@ -299,10 +588,8 @@ pub fn quote_ident(name: &str) -> String {
 /// `password` as a SCRAM-SHA-256 verifier, quoted for `CREATE ROLE ... PASSWORD`: PostgreSQL
 /// stores what it is given, so the plaintext never travels in SQL text, where a statement log
 /// (ours at debug level, or the server's for a failed statement) could show it.
-pub fn password_literal(password: &str) -> String {
-    quote_literal(&postgres_protocol::password::scram_sha_256(
-        password.as_bytes(),
-    ))
+pub fn password_literal(password: &[u8]) -> String {
+    quote_literal(&postgres_protocol::password::scram_sha_256(password))
 }
 
 /// Quotes an SQL string literal.

@@ -179,6 +179,56 @@ impl EmbeddedCluster {
         Ok(())
     }
 
+    /// Starts the cluster again, on the same socket and port, if its postmaster is gone (killed,
+    /// crashed); returns whether it did. Runs under the data dir's `setup.lock`, as starting
+    /// and stopping do, so that it never races them.
+    pub async fn ensure_running(&self) -> Result<bool> {
+        if self.running_port().is_some() {
+            return Ok(false);
+        }
+        let _setup = lock_blocking(self.setup_lock.clone(), FlockArg::LockExclusive).await?;
+        if self.running_port().is_some() {
+            return Ok(false);
+        }
+        self.pg_ctl_start().await?;
+        Ok(true)
+    }
+
+    /// Starts a task that, every `interval`, restarts the cluster if it has died
+    /// ([`ensure_running`](Self::ensure_running)), until the returned handle is aborted. Abort
+    /// it before [`stop`](Self::stop), or it starts the cluster again.
+    pub fn supervise(&self, interval: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        // A copy without the "in use" lock, which stays with `self`.
+        let cluster = EmbeddedCluster {
+            bin_dir: self.bin_dir.clone(),
+            root: self.root.clone(),
+            pgdata: self.pgdata.clone(),
+            socket_dir: self.socket_dir.clone(),
+            port: self.port,
+            password: self.password.clone(),
+            run_as: self.run_as.clone(),
+            in_use: None,
+            setup_lock: self.setup_lock.clone(),
+        };
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match cluster.ensure_running().await {
+                    Ok(true) => {
+                        tracing::warn!("the embedded PostgreSQL cluster had stopped: restarted it")
+                    }
+                    Ok(false) => {}
+                    // Its backends may still be exiting; the next tick tries again.
+                    Err(error) => {
+                        tracing::warn!(error = %format!("{error:#}"), "restarting the embedded PostgreSQL cluster")
+                    }
+                }
+            }
+        })
+    }
+
     /// Makes sure the cluster goes away once `pid` (normally this process) has exited, even if
     /// it never calls [`stop`](Self::stop): a detached watchdog stops the cluster and, when
     /// `remove_dirs` is set, deletes its files. Test harnesses have no global teardown, so their

@@ -8,6 +8,21 @@ use serde::Serialize;
 pub const TIMEOUT_MESSAGE: &str = "You are over platform's limits: SQL query timeout error. \
      Refactor your query before running again or contact CARTO support for more details.";
 
+/// The message of a request that found every connection it could use busy.
+pub const BUSY_MESSAGE: &str = "You are over platform's limits: too many queries of this account \
+     are running at once. Wait for them to finish, or try again later.";
+
+/// The message of a request made while PostgreSQL cannot be reached.
+pub const UNAVAILABLE_MESSAGE: &str =
+    "The database is temporarily unavailable. Please try again in a few seconds.";
+
+/// `Retry-After` of [`ApiError::busy`], in seconds.
+const BUSY_RETRY_AFTER: u32 = 1;
+
+/// `Retry-After` of [`ApiError::unavailable`], in seconds: the embedded cluster is restarted
+/// within a few seconds.
+const UNAVAILABLE_RETRY_AFTER: u32 = 5;
+
 /// An error answered to a client: a status, the message shown in `error[0]`, and PostgreSQL's
 /// `detail`/`hint` or a limit's `context` when there are any.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +41,8 @@ pub struct ApiError {
     /// client can tell which line of an upload was refused. Not in upstream's answers;
     /// clients that do not know it ignore it.
     pub where_: Option<String>,
+    /// Seconds for the `Retry-After` header, when trying again later may succeed.
+    pub retry_after: Option<u32>,
 }
 
 /// The JSON body of an error.
@@ -52,6 +69,7 @@ impl ApiError {
             detail: None,
             hint: None,
             where_: None,
+            retry_after: None,
         }
     }
 
@@ -101,18 +119,55 @@ impl ApiError {
         }
     }
 
-    /// 500 `Unexpected error`; the cause is logged, never shown to the client.
-    pub fn internal(cause: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %cause, "internal error");
+    /// 429 with a `Retry-After`: every connection this request could use is busy (the user's
+    /// share of PostgreSQL connections is taken by its own running queries).
+    pub fn busy() -> Self {
+        ApiError {
+            context: Some("limit".into()),
+            detail: Some("connections".into()),
+            retry_after: Some(BUSY_RETRY_AFTER),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, BUSY_MESSAGE)
+        }
+    }
+
+    /// 503 with a `Retry-After`: PostgreSQL cannot be reached (down, restarting, refusing
+    /// connections); the cause is logged, never shown to the client.
+    pub fn unavailable(cause: impl std::fmt::Display) -> Self {
+        tracing::warn!(error = %cause, "database unavailable");
+        ApiError {
+            retry_after: Some(UNAVAILABLE_RETRY_AFTER),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE_MESSAGE)
+        }
+    }
+
+    /// 500 `Unexpected error`; the cause is logged, never shown to the client. An `anyhow`
+    /// cause saying PostgreSQL cannot be reached (e.g. the metadata lookups of every request)
+    /// is a 503 instead, as [`from_pg`](Self::from_pg) answers.
+    pub fn internal<E: std::fmt::Display + 'static>(cause: E) -> Self {
+        let any: &dyn std::any::Any = &cause;
+        if let Some(error) = any.downcast_ref::<anyhow::Error>() {
+            // `{:#}`: the whole chain, not only the outermost context.
+            let chain = format!("{error:#}");
+            if says_unavailable(error) {
+                return ApiError::unavailable(chain);
+            }
+            tracing::error!(error = %chain, "internal error");
+        } else {
+            tracing::error!(error = %cause, "internal error");
+        }
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Unexpected error")
     }
 
     /// Maps a PostgreSQL error as the spec's status rules say: timeouts are 429, permission
-    /// errors 403, anything the database refused 400 with its DETAIL and HINT; a lost or failed
-    /// connection is a 500.
+    /// errors 403, anything the database refused 400 with its DETAIL and HINT; a lost or refused
+    /// connection, or a database shutting down or starting, is a 503 (see [`is_unavailable`]);
+    /// anything else is a 500.
     pub fn from_pg(error: &tokio_postgres::Error) -> Self {
+        if is_unavailable(error) {
+            return ApiError::unavailable(error);
+        }
         let Some(db) = error.as_db_error() else {
-            return ApiError::internal(error);
+            return ApiError::internal(error.to_string());
         };
         if *db.code() == tokio_postgres::error::SqlState::QUERY_CANCELED {
             return ApiError::timeout();
@@ -154,9 +209,44 @@ impl From<tokio_postgres::Error> for ApiError {
 
 impl From<deadpool_postgres::PoolError> for ApiError {
     fn from(error: deadpool_postgres::PoolError) -> Self {
-        // Failing to connect as the key's role is the server's fault, never the client's.
-        ApiError::internal(error)
+        use deadpool_postgres::PoolError;
+        match &error {
+            PoolError::Backend(pg) if is_unavailable(pg) => ApiError::unavailable(&error),
+            // A pool that timed out connecting or was closed has no database to offer.
+            PoolError::Timeout(_) | PoolError::Closed => ApiError::unavailable(&error),
+            // Failing to connect as the key's role otherwise is the server's fault, never the
+            // client's.
+            _ => ApiError::internal(error),
+        }
     }
+}
+
+/// Whether a cause in `error`'s chain is a PostgreSQL or pool error that [`is_unavailable`] (or
+/// a pool that timed out or was closed).
+fn says_unavailable(error: &anyhow::Error) -> bool {
+    use deadpool_postgres::PoolError;
+    error.chain().any(|cause| {
+        if let Some(pg) = cause.downcast_ref::<tokio_postgres::Error>() {
+            return is_unavailable(pg);
+        }
+        match cause.downcast_ref::<PoolError>() {
+            Some(PoolError::Backend(pg)) => is_unavailable(pg),
+            Some(PoolError::Timeout(_) | PoolError::Closed) => true,
+            _ => false,
+        }
+    })
+}
+
+/// Whether `error` says PostgreSQL cannot be reached right now, as opposed to refusing the
+/// statement: the connection is closed or could not be opened (an I/O error), or the server is
+/// shutting down, starting or otherwise refusing connections (SQLSTATE class 08, 57P0x).
+pub fn is_unavailable(error: &tokio_postgres::Error) -> bool {
+    if let Some(db) = error.as_db_error() {
+        let code = db.code().code();
+        return code.starts_with("08") || code.starts_with("57P0");
+    }
+    error.is_closed()
+        || std::error::Error::source(error).is_some_and(|cause| cause.is::<std::io::Error>())
 }
 
 impl IntoResponse for ApiError {
@@ -171,6 +261,9 @@ impl IntoResponse for ApiError {
             header::CONTENT_DISPOSITION,
             HeaderValue::from_static("inline"),
         );
+        if let Some(seconds) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         // Handlers log what they know; the middleware adds the message to the request's line.
         response.extensions_mut().insert(self);
         response

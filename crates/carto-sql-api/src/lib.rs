@@ -44,11 +44,12 @@ pub mod sql_text;
 pub mod testing;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::accounts::Accounts;
-use crate::db::Pools;
+use crate::db::{PoolSettings, Pools};
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -59,10 +60,24 @@ pub struct Config {
     pub max_post_size_label: String,
     /// `statement_timeout` for COPY statements, in PostgreSQL's syntax. Default `5h`.
     pub copy_timeout: String,
-    /// Connections per (database, role) pool. Default 16.
+    /// Connections of each master key's pool. Default 16.
     pub pool_size: usize,
+    /// PostgreSQL connections the public role and the regular keys of one user may hold
+    /// together (busy or idle), so that anonymous callers of one account cannot take the
+    /// connections of the others, nor those of its master key. Default 8.
+    pub user_connections: usize,
+    /// Longest a request waits for a connection; then it is answered 429 with `Retry-After`.
+    /// Default 5 s.
+    pub pool_wait_timeout: Duration,
+    /// Pooled connections unused for this long are closed. Default 60 s.
+    pub pool_idle_timeout: Duration,
+    /// `statement_timeout` of the public role and regular keys, in PostgreSQL's syntax, set
+    /// when connecting so that no role or database default overrides it (`query_timeout` and
+    /// `copy_timeout` still apply per request). `None`: none. Default `5min`. Master keys get
+    /// their database's default instead.
+    pub key_statement_timeout: Option<String>,
     /// `statement_timeout` set for `/sql` statements, in PostgreSQL's syntax (e.g. `15s`).
-    /// Default `None`: the key role's own setting applies, as upstream.
+    /// Default `None`: `key_statement_timeout`, or for master keys the user database's default.
     pub query_timeout: Option<String>,
     /// Server-wide rate limits per endpoint group (users may have their own). Default: none.
     pub rate_limits: limits::RateLimits,
@@ -84,6 +99,10 @@ impl Default for Config {
             max_post_size_label: "2 GB".into(),
             copy_timeout: "5h".into(),
             pool_size: 16,
+            user_connections: 8,
+            pool_wait_timeout: Duration::from_secs(5),
+            pool_idle_timeout: Duration::from_secs(60),
+            key_statement_timeout: Some("5min".into()),
             query_timeout: None,
             rate_limits: limits::RateLimits::none(),
             batch: jobs::BatchConfig::default(),
@@ -115,7 +134,21 @@ impl Server {
     pub async fn open(admin: tokio_postgres::Config, config: Config) -> Result<Self> {
         let admin = db::privileged(&admin);
         let accounts = Accounts::open(admin.clone()).await?;
-        let pools = Pools::new(&admin, config.pool_size);
+        if let Some(timeout) = &config.key_statement_timeout {
+            db::check_key_statement_timeout(&admin, timeout)
+                .await
+                .with_context(|| format!("invalid key statement timeout '{timeout}'"))?;
+        }
+        let pools = Pools::new(
+            &admin,
+            PoolSettings {
+                master_connections: config.pool_size,
+                user_connections: config.user_connections,
+                wait_timeout: config.pool_wait_timeout,
+                idle_timeout: config.pool_idle_timeout,
+                key_statement_timeout: config.key_statement_timeout.clone(),
+            },
+        );
         migrate(
             accounts.meta(),
             &[

@@ -53,11 +53,13 @@ enum Command {
         /// statement_timeout of COPY statements (PostgreSQL syntax, e.g. 5h, 30min).
         #[arg(long, default_value = "5h")]
         copy_timeout: String,
-        /// Connections per (database, role) pool.
+        /// Connections of each master key's pool.
         #[arg(long, default_value_t = Config::default().pool_size)]
         pool_size: usize,
-        /// statement_timeout of /sql statements (PostgreSQL syntax, e.g. 15s); default: the
-        /// key role's own setting.
+        #[command(flatten)]
+        connections: ConnectionFlags,
+        /// statement_timeout of /sql statements (PostgreSQL syntax, e.g. 15s); default:
+        /// --key-statement-timeout, or for master keys the user database's setting.
         #[arg(long)]
         query_timeout: Option<String>,
         /// Base URL printed for users (default: from --listen).
@@ -126,6 +128,37 @@ impl EdgeArgs {
             idle_timeout: (self.idle_timeout > 0).then(|| Duration::from_secs(self.idle_timeout)),
             max_connections: self.max_connections,
         }
+    }
+}
+
+/// How much of PostgreSQL each user may hold, and for how long.
+#[derive(clap::Args)]
+struct ConnectionFlags {
+    /// PostgreSQL connections the public role and the regular keys of one user may hold
+    /// together; master keys have their own --pool-size.
+    #[arg(long, default_value_t = Config::default().user_connections)]
+    user_connections: usize,
+    /// Milliseconds a request waits for a connection before it is answered 429 with
+    /// Retry-After.
+    #[arg(long, default_value_t = Config::default().pool_wait_timeout.as_millis() as u64)]
+    pool_wait_timeout_ms: u64,
+    /// Seconds after which an unused pooled connection is closed.
+    #[arg(long, default_value_t = Config::default().pool_idle_timeout.as_secs())]
+    pool_idle_timeout_s: u64,
+    /// statement_timeout of the public role and regular keys (PostgreSQL syntax, e.g. 5min),
+    /// which no role or database default can change; 0 for none.
+    #[arg(long, default_value = "5min")]
+    key_statement_timeout: String,
+}
+
+impl ConnectionFlags {
+    /// Sets these flags' fields of `config`.
+    fn apply(self, config: &mut Config) {
+        config.user_connections = self.user_connections;
+        config.pool_wait_timeout = Duration::from_millis(self.pool_wait_timeout_ms);
+        config.pool_idle_timeout = Duration::from_secs(self.pool_idle_timeout_s);
+        config.key_statement_timeout =
+            (self.key_statement_timeout.trim() != "0").then_some(self.key_statement_timeout);
     }
 }
 
@@ -255,7 +288,7 @@ async fn run(cli: Cli) -> Result<()> {
             config
         }
     };
-    let result = run_command(cli.command, admin).await;
+    let result = run_command(cli.command, admin, cluster.as_ref()).await;
     if let Some(mut cluster) = cluster {
         if let Err(error) = cluster.stop().await {
             tracing::warn!(%error, "stopping the embedded cluster");
@@ -264,13 +297,19 @@ async fn run(cli: Cli) -> Result<()> {
     result
 }
 
-async fn run_command(command: Command, admin: tokio_postgres::Config) -> Result<()> {
+/// Runs `command`; `cluster` is the embedded cluster, if the server runs on it.
+async fn run_command(
+    command: Command,
+    admin: tokio_postgres::Config,
+    cluster: Option<&EmbeddedCluster>,
+) -> Result<()> {
     match command {
         Command::Serve {
             listen,
             max_post_size,
             copy_timeout,
             pool_size,
+            connections,
             query_timeout,
             public_url,
             rate_limits,
@@ -279,7 +318,7 @@ async fn run_command(command: Command, admin: tokio_postgres::Config) -> Result<
             batch_workers,
             edge,
         } => {
-            let config = Config {
+            let mut config = Config {
                 max_post_size,
                 max_post_size_label: if max_post_size == Config::default().max_post_size {
                     "2 GB".into()
@@ -298,7 +337,9 @@ async fn run_command(command: Command, admin: tokio_postgres::Config) -> Result<
                 },
                 connections: edge.connection_limits(),
                 max_copy_decompressed: edge.max_copy_decompressed,
+                ..Config::default()
             };
+            connections.apply(&mut config);
             let limits = config.connections.clone();
             let server = Server::open(admin, config).await?;
             let listener = tokio::net::TcpListener::bind(listen)
@@ -307,10 +348,17 @@ async fn run_command(command: Command, admin: tokio_postgres::Config) -> Result<
             let url = public_url.unwrap_or_else(|| format!("http://{listen}"));
             tracing::info!(%url, "carto-sql-api listening");
             server.jobs().start_workers();
+            // PostgreSQL dying must not take the server with it: the embedded cluster is
+            // restarted in place, and the pools reconnect (with --database-url, they reconnect
+            // once the operator has the database back).
+            let supervisor = cluster.map(|cluster| cluster.supervise(SUPERVISE_INTERVAL));
             let served = serve(listener, server.router(), limits, shutdown_signal()).await;
             tracing::info!("shutting down");
             // Running batch queries are cancelled and their jobs re-queued for another server.
             server.jobs().shutdown().await;
+            if let Some(supervisor) = supervisor {
+                supervisor.abort();
+            }
             served?;
             Ok(())
         }
@@ -422,6 +470,9 @@ async fn run_key_command(command: KeyCommand, admin: tokio_postgres::Config) -> 
     }
     Ok(())
 }
+
+/// How often the embedded cluster is checked, and restarted if it died.
+const SUPERVISE_INTERVAL: Duration = Duration::from_secs(1);
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

@@ -244,9 +244,35 @@ async fn version() -> Response {
     json_answer(&json!({ "cartodb_sql_api": env!("CARGO_PKG_VERSION") }))
 }
 
-async fn health() -> Response {
-    json_answer(&json!({ "enabled": false, "ok": true }))
+/// `GET /health`: 200 when the metadata database answers, else 503 saying the database is
+/// unreachable (with `Retry-After`), so that a load balancer stops sending requests here.
+async fn health(State(state): State<AppState>) -> Response {
+    let probe = async {
+        let client = state.accounts.meta().get().await?;
+        client.simple_query("SELECT 1").await?;
+        Ok::<_, anyhow::Error>(())
+    };
+    match tokio::time::timeout(HEALTH_TIMEOUT, probe).await {
+        Ok(Ok(())) => json_answer(&json!({ "enabled": false, "ok": true })),
+        outcome => {
+            let cause = match outcome {
+                Ok(Err(error)) => format!("{error:#}"),
+                _ => "no answer in time".into(),
+            };
+            tracing::warn!(%cause, "health check: database unreachable");
+            let mut response =
+                json_answer(&json!({ "enabled": false, "ok": false, "database": "unreachable" }));
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(5));
+            response
+        }
+    }
 }
+
+/// Longest the health check waits for the database.
+const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// `GET|POST /sql`: run `q`, stream the result in the requested format. With a JSONP
 /// `callback` in the query string, errors too are answered 200 as script (spec §3).

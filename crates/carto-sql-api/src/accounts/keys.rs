@@ -213,7 +213,7 @@ impl Accounts {
                     "CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
                      NOINHERIT PASSWORD {password}; GRANT CONNECT ON DATABASE {db} TO {role}",
                     role = quote_ident(&role),
-                    password = password_literal(&password),
+                    password = password_literal(password.as_bytes()),
                     db = quote_ident(&user.database),
                 ))
                 .await?;

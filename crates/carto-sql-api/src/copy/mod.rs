@@ -23,7 +23,7 @@ pub async fn copy_from(
     mut limits: UploadLimits,
     statement_timeout: &str,
 ) -> Result<u64, ApiError> {
-    let client = pools.get(&caller.key.login).await?;
+    let client = pools.get(&caller.key).await?;
     let prepared = async {
         client
             .batch_execute(&format!(
@@ -69,7 +69,7 @@ pub async fn copy_to(
     sql: &str,
     statement_timeout: &str,
 ) -> Result<CopyToBody, ApiError> {
-    let client = pools.get(&caller.key.login).await?;
+    let client = pools.get(&caller.key).await?;
     if let Err(error) = client
         .batch_execute(&format!(
             "SET statement_timeout = {}",

@@ -47,6 +47,18 @@ impl OwnedConnection {
     }
 }
 
+impl OwnedConnection {
+    /// Connects as a key's role with `config`, repairing what the role did to itself (see
+    /// [`crate::db::connect_role`]).
+    pub(super) async fn open_as_role(
+        admin: &tokio_postgres::Config,
+        config: &tokio_postgres::Config,
+    ) -> Result<Self, tokio_postgres::Error> {
+        let (client, task) = crate::db::connect_role(admin, config).await?;
+        Ok(OwnedConnection { client, task })
+    }
+}
+
 impl Drop for OwnedConnection {
     fn drop(&mut self) {
         self.task.abort();

@@ -135,7 +135,7 @@ pub(super) async fn run_job(jobs: &Jobs, lock: &OwnedConnection, mut job: JobRow
         let reason = format!("Could not prepare the database: {}", message(&error));
         return fail_whole_job(lock, &mut job, &reason).await;
     }
-    let conn = match OwnedConnection::open(&config).await {
+    let conn = match OwnedConnection::open_as_role(&inner.admin, &config).await {
         Ok(conn) => conn,
         Err(error) => {
             let reason = format!("Could not connect to the database: {}", message(&error));

@@ -286,7 +286,7 @@ pub async fn answer(
         Format::GeoJson => Box::new(format::GeoJson::new(options.callback.clone())),
         Format::Csv => Box::new(format::Csv::new()),
     };
-    let client = pools.get(&caller.key.login).await?;
+    let client = pools.get(&caller.key).await?;
     // Only the JSON document reports server messages.
     let notices = match options.format {
         Format::Json => Some(pools.notices(&client, MAX_NOTICES).await?),

@@ -6,14 +6,14 @@ use std::time::Duration;
 
 use carto_sql_api::embedded::{EmbeddedCluster, EmbeddedOptions};
 
-fn carto_sql_api(data_dir: &std::path::Path, args: &[&str]) -> Command {
+pub(crate) fn carto_sql_api(data_dir: &std::path::Path, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_carto-sql-api"));
     command.arg("--data-dir").arg(data_dir).args(args);
     command
 }
 
 /// Starts `serve` on a free port of 127.0.0.1; returns the process and its address.
-fn spawn_serve(data_dir: &std::path::Path) -> (std::process::Child, String) {
+pub(crate) fn spawn_serve(data_dir: &std::path::Path) -> (std::process::Child, String) {
     let listen = crate::support::free_local_addr();
     let serve = carto_sql_api(data_dir, &["serve", "--listen", &listen])
         .stdout(Stdio::null())
@@ -24,7 +24,7 @@ fn spawn_serve(data_dir: &std::path::Path) -> (std::process::Child, String) {
 }
 
 /// The body of the first answer to `url` once the server listens (15 s at most).
-async fn first_answer(url: &str) -> String {
+pub(crate) async fn first_answer(url: &str) -> String {
     for _ in 0..150 {
         if let Ok(response) = reqwest::get(url).await {
             return response.text().await.unwrap();
@@ -35,7 +35,7 @@ async fn first_answer(url: &str) -> String {
 }
 
 /// Stops a `serve` with SIGTERM; it must exit successfully.
-fn terminate(serve: &mut std::process::Child) {
+pub(crate) fn terminate(serve: &mut std::process::Child) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(serve.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -44,7 +44,7 @@ fn terminate(serve: &mut std::process::Child) {
     assert!(serve.wait().unwrap().success());
 }
 
-fn stderr(out: &Output) -> String {
+pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 

@@ -483,12 +483,13 @@ async fn vector_10_error_after_rows_closes_the_document() {
 async fn vector_11_timeouts_are_429_or_close_the_stream() {
     let server = TestServer::start().await;
     let user = server.create_user().await;
-    // The role's own statement_timeout applies (set before the role's first connection).
+    // The user database's statement_timeout applies to the master key (role defaults do not
+    // last: the server removes them, see role_self_changes.rs).
     server
         .superuser_client(&user)
         .await
         .batch_execute(&format!(
-            "ALTER ROLE carto_{}_master SET statement_timeout = '300ms'",
+            "ALTER DATABASE carto_user_{} SET statement_timeout = '300ms'",
             user.name
         ))
         .await

@@ -131,3 +131,27 @@ pub fn free_local_addr() -> String {
     let port = listener.local_addr().expect("its address").port();
     format!("127.0.0.1:{port}")
 }
+
+/// Runs `q` through `/sql` with `api_key` (none: anonymous); returns status, headers and JSON.
+pub async fn sql_as(
+    server: &TestServer,
+    user: &TestUser,
+    api_key: Option<&str>,
+    q: &str,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut form = vec![("q", q)];
+    if let Some(key) = api_key {
+        form.push(("api_key", key));
+    }
+    let response = http()
+        .post(format!("{}/sql", server.api_url(user)))
+        .form(&form)
+        .send()
+        .await
+        .expect("sql request");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.expect("sql answer");
+    let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    (status, headers, json)
+}
