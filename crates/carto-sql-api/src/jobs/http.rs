@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::model::{nested_form, payload_length};
 use super::MAX_PAYLOAD;
-use crate::auth::{form_urlencoded_pairs, Addressed, Caller};
+use crate::auth::{decode_form, refuse_nul, Addressed, Caller};
 use crate::error::ApiError;
 use crate::limits::Group;
 use crate::AppState;
@@ -176,12 +176,26 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
         return Ok(Value::Object(Default::default()));
     }
     if content_type.starts_with("application/json") {
-        return serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::bad_request(format!("Invalid JSON body: {e}")));
+        let body: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("Invalid JSON body: {e}")))?;
+        refuse_nul_in(&body)?;
+        return Ok(body);
     }
-    Ok(nested_form(&form_urlencoded_pairs(
-        &String::from_utf8_lossy(&bytes),
-    )))
+    Ok(nested_form(&decode_form(&bytes)?))
+}
+
+/// 400 when any text in `value` holds a NUL byte, which PostgreSQL refuses in text and which
+/// would end a statement sent as a C string early.
+fn refuse_nul_in(value: &Value) -> Result<(), ApiError> {
+    match value {
+        Value::String(text) => refuse_nul("query", text),
+        Value::Array(items) => items.iter().try_for_each(refuse_nul_in),
+        Value::Object(members) => members.iter().try_for_each(|(name, member)| {
+            refuse_nul(name, "")?;
+            refuse_nul_in(member)
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn json_answer(status: StatusCode, value: &Value) -> Response {

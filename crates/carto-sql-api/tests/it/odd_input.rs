@@ -251,3 +251,56 @@ async fn gzip_past_the_decompressed_limit_commits_nothing() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["total_rows"], 1000);
 }
+
+/// Batch job bodies, JSON or urlencoded, are held to the same rules: a NUL byte or text that
+/// is not UTF-8 is a 400, and no job is queued.
+#[tokio::test]
+async fn job_bodies_with_odd_bytes_are_refused() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    let url = format!("{}/sql/job?api_key={}", server.api_url(&user), user.api_key);
+    let bodies: [(&str, Vec<u8>); 4] = [
+        (
+            "application/json",
+            br#"{"query": "SELECT 1\u0000; SELECT 2"}"#.to_vec(),
+        ),
+        (
+            "application/json",
+            br#"{"query": {"query": [{"query": "SELECT 1", "onerror": "x\u0000"}]}}"#.to_vec(),
+        ),
+        (
+            "application/x-www-form-urlencoded",
+            b"query=SELECT%201%00".to_vec(),
+        ),
+        (
+            "application/x-www-form-urlencoded",
+            b"query[]=SELECT%20%FF".to_vec(),
+        ),
+    ];
+    for (content_type, body) in bodies {
+        let response = http()
+            .post(&url)
+            .header("content-type", content_type)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let (status, answer) = answer(response).await;
+        assert_eq!(status, 400, "{}: {answer}", String::from_utf8_lossy(&body));
+    }
+    let (status, jobs) = get(&url.replace("/sql/job?", "/sql?q=SELECT%201&")).await;
+    assert_eq!(status, 200, "{jobs}");
+    let mut meta = carto_sql_api::testing::cluster();
+    meta.dbname("carto_meta");
+    let meta = carto_sql_api::db::connect(&meta).await.unwrap();
+    let queued: i64 = meta
+        .query_one(
+            "SELECT count(*) FROM batch_jobs WHERE username = $1",
+            &[&user.name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(queued, 0);
+    still_answers(&server, &user).await;
+}
