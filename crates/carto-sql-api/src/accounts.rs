@@ -112,11 +112,6 @@ impl Accounts {
         &self.meta
     }
 
-    /// The superuser settings (host, port, user, password; database `postgres`).
-    pub fn admin_config(&self) -> &tokio_postgres::Config {
-        &self.admin
-    }
-
     /// Looks a user up by name.
     pub async fn user(&self, username: &str) -> Result<Option<User>> {
         let client = self.meta.get().await?;
@@ -383,7 +378,7 @@ const TEMPLATE_SCHEMA: &str = include_str!("../sql/template.sql");
 
 /// SHA-256 of a token, hex-encoded. Tokens are random and long, so a fast hash is enough to
 /// keep them out of the metadata; a slow password hash would only slow every request.
-pub fn token_hash(token: &str) -> String {
+pub(crate) fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 

@@ -40,7 +40,7 @@ pub struct PoolSettings {
 /// and is retried once, and a new connection finding defaults set on its own role (`ALTER ROLE
 /// CURRENT_USER SET ...`) has them removed and is reopened. Both repairs run as the superuser.
 #[derive(Clone)]
-pub struct Pools {
+pub(crate) struct Pools {
     /// Host and port of the cluster (Unix socket dir or TCP host); user and database unset.
     base: tokio_postgres::Config,
     /// The superuser, to repair roles.
@@ -223,18 +223,12 @@ impl Pools {
             _ => "localhost".into(),
         }
     }
-
-    /// Forgets the pool of a (database, role), e.g. after the role's password changed.
-    pub fn forget(&self, database: &str, role: &str) {
-        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        pools.remove(&(database.to_string(), role.to_string()));
-    }
 }
 
 /// Checks that PostgreSQL accepts `timeout` as the `statement_timeout` that
 /// [`PoolSettings::key_statement_timeout`] sets when connecting, by connecting once with it as
 /// the superuser `admin`: a bad value must stop the server at start, not fail every request.
-pub async fn check_key_statement_timeout(
+pub(crate) async fn check_key_statement_timeout(
     admin: &tokio_postgres::Config,
     timeout: &str,
 ) -> Result<(), tokio_postgres::Error> {
@@ -308,7 +302,7 @@ impl NoticeRoutes {
 }
 
 /// Server messages raised while a [`Notices`] is alive.
-pub struct Notices {
+pub(crate) struct Notices {
     rx: mpsc::Receiver<DbError>,
     /// Our own sender, to recognise it in the slot.
     tx: mpsc::Sender<DbError>,
@@ -517,7 +511,7 @@ async fn reset_role_defaults(
 
 /// Takes a connection out of its pool and closes it: for a connection that was busy when its
 /// request ended (client gone, COPY aborted), which must never serve another request.
-pub fn discard(client: Object) {
+pub(crate) fn discard(client: Object) {
     let client = Object::take(client);
     // Ask the backend to stop whatever it is doing; closing the socket then ends it.
     let token = client.cancel_token();
@@ -581,18 +575,18 @@ pub async fn connect(
 }
 
 /// Quotes an SQL identifier.
-pub fn quote_ident(name: &str) -> String {
+pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// `password` as a SCRAM-SHA-256 verifier, quoted for `CREATE ROLE ... PASSWORD`: PostgreSQL
 /// stores what it is given, so the plaintext never travels in SQL text, where a statement log
 /// (ours at debug level, or the server's for a failed statement) could show it.
-pub fn password_literal(password: &[u8]) -> String {
+pub(crate) fn password_literal(password: &[u8]) -> String {
     quote_literal(&postgres_protocol::password::scram_sha_256(password))
 }
 
 /// Quotes an SQL string literal.
-pub fn quote_literal(value: &str) -> String {
+pub(crate) fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }

@@ -29,17 +29,17 @@
 #![allow(clippy::result_large_err)]
 
 pub mod accounts;
-pub mod auth;
-pub mod copy;
+pub(crate) mod auth;
+pub(crate) mod copy;
 pub mod db;
 pub mod embedded;
 pub mod error;
 pub mod http_server;
 pub mod jobs;
 pub mod limits;
-pub mod query;
+pub(crate) mod query;
 mod routes;
-pub mod sql_text;
+pub(crate) mod sql_text;
 #[cfg(feature = "testing")]
 pub mod testing;
 

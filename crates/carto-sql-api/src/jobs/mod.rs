@@ -15,7 +15,7 @@
 mod dispatch;
 mod expiry;
 pub(crate) mod http;
-pub mod model;
+pub(crate) mod model;
 mod recovery;
 mod runner;
 

@@ -165,15 +165,6 @@ impl JobQuery {
         }
     }
 
-    /// The queries of an array or fallback job (none for a simple one).
-    pub fn queries(&self) -> &[Query] {
-        match self {
-            JobQuery::Simple(_) => &[],
-            JobQuery::Array(queries) => queries,
-            JobQuery::Fallback(job) => &job.query,
-        }
-    }
-
     /// The queries of an array or fallback job, to update their statuses.
     pub fn queries_mut(&mut self) -> &mut [Query] {
         match self {

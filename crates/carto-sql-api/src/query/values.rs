@@ -193,13 +193,6 @@ pub fn write_value(kind: &ValueKind, text: Option<&str>, out: &mut Vec<u8>) {
     }
 }
 
-/// The JSON value of one text value (for tests and small documents).
-pub fn to_json(kind: &ValueKind, text: Option<&str>) -> Value {
-    let mut out = Vec::new();
-    write_value(kind, text, &mut out);
-    serde_json::from_slice(&out).unwrap_or(Value::Null)
-}
-
 /// Appends `text` as a JSON string.
 pub fn write_string(text: &str, out: &mut Vec<u8>) {
     // Writing a &str into a Vec cannot fail.
@@ -385,6 +378,13 @@ fn split_offset(text: &str) -> Option<(&str, FixedOffset)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The JSON value of one text value.
+    fn to_json(kind: &ValueKind, text: Option<&str>) -> Value {
+        let mut out = Vec::new();
+        write_value(kind, text, &mut out);
+        serde_json::from_slice(&out).unwrap_or(Value::Null)
+    }
 
     #[test]
     fn carto_type_names() {
