@@ -39,21 +39,18 @@ pub struct UploadLimits {
 }
 
 /// Why an upload stopped before PostgreSQL saw all of it.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 enum UploadError {
     /// The client went away or sent a broken body.
+    #[error("the client's body broke off: {0}")]
     Client(String),
+    /// More bytes arrived than the maximum POST size.
+    #[error("the body is larger than the maximum POST size")]
     TooLarge,
+    /// The gzip data is broken.
+    #[error("the body's gzip data is broken: {0}")]
     Gunzip(String),
 }
-
-impl std::fmt::Display for UploadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{self:?}")
-    }
-}
-
-impl std::error::Error for UploadError {}
 
 /// The request body as a stream of raw bytes that enforces the maximum POST size.
 struct RawBody {
