@@ -260,6 +260,11 @@ pub fn column_names(header: &[String]) -> Vec<String> {
     names
 }
 
+/// Names people give a longitude column.
+pub const LONGITUDE_NAMES: [&str; 5] = ["lon", "lng", "long", "longitude", "x"];
+/// Names people give a latitude column.
+pub const LATITUDE_NAMES: [&str; 3] = ["lat", "latitude", "y"];
+
 /// The (longitude, latitude) columns, by the names people give them, when both are numbers.
 pub fn lon_lat(names: &[String], types: &[ColumnType]) -> Option<(usize, usize)> {
     let find = |candidates: &[&str]| {
@@ -268,8 +273,8 @@ pub fn lon_lat(names: &[String], types: &[ColumnType]) -> Option<(usize, usize)>
             .position(|n| candidates.contains(&n.as_str()))
             .filter(|&i| types[i].is_number())
     };
-    let lon = find(&["lon", "lng", "long", "longitude", "x"])?;
-    let lat = find(&["lat", "latitude", "y"])?;
+    let lon = find(&LONGITUDE_NAMES)?;
+    let lat = find(&LATITUDE_NAMES)?;
     Some((lon, lat))
 }
 

@@ -2,13 +2,15 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
-use super::{client, literal};
+use super::{client, ident, literal, table_columns};
 use crate::args::{
     CopyCommand, CopyFromArgs, CopyToArgs, DataFormat, Global, TableOptions, Target,
 };
+use crate::infer::{column_names, LATITUDE_NAMES, LONGITUDE_NAMES};
 use crate::output::{bytes, Output};
 use crate::progress::transfer_bar;
 
@@ -23,9 +25,30 @@ fn is_stdio(path: &Path) -> bool {
     path.as_os_str() == "-"
 }
 
-async fn copy_from(global: &Global, output: Output, args: CopyFromArgs) -> Result<()> {
+async fn copy_from(global: &Global, output: Output, mut args: CopyFromArgs) -> Result<()> {
+    let client = client(global)?;
+    // A header line names the file's columns: load by name, as a CARTO table starts with
+    // cartodb_id and the_geom, which a file rarely has in that order (or at all).
+    let header_names = args.target.table.is_some()
+        && args.table.header
+        && args.table.columns.is_empty()
+        && args.table.format == DataFormat::Csv;
+    let mut stdin = None;
+    if header_names {
+        let delimiter = csv_delimiter(args.table.delimiter)?;
+        let header = if is_stdio(&args.file) {
+            let (rest, header) = read_stdin_header(delimiter).await?;
+            stdin = Some(rest);
+            header
+        } else {
+            read_file_header(&args.file, delimiter)?
+        };
+        let table = args.target.table.as_deref().unwrap_or_default();
+        let names = match_header(&client, table, &header, &args.file, output).await?;
+        args.table.columns = names.iter().map(|n| ident(n)).collect();
+    }
     let sql = statement(&args.target, &args.table, "FROM STDIN");
-    let mut copy = client(global)?.copy();
+    let mut copy = client.copy();
     if args.no_compress {
         copy = copy.without_compression();
     } else if let Some(level) = args.level {
@@ -45,7 +68,10 @@ async fn copy_from(global: &Global, output: Output, args: CopyFromArgs) -> Resul
         copy = copy.with_progress(progress);
     }
     let outcome = if is_stdio(&args.file) {
-        copy.copy_from_reader(&sql, tokio::io::stdin()).await
+        match stdin {
+            Some(stdin) => copy.copy_from_reader(&sql, stdin).await,
+            None => copy.copy_from_reader(&sql, tokio::io::stdin()).await,
+        }
     } else {
         copy.copy_from_file(&sql, &args.file).await
     };
@@ -107,6 +133,117 @@ async fn copy_to(global: &Global, output: Output, args: CopyToArgs) -> Result<()
         to_stdout,
     );
     Ok(())
+}
+
+/// The delimiter of a CSV file as the csv crate takes it.
+fn csv_delimiter(delimiter: Option<char>) -> Result<u8> {
+    u8::try_from(delimiter.unwrap_or(','))
+        .map_err(|_| anyhow!("--delimiter must be a single ASCII character"))
+}
+
+/// The header of a CSV file.
+fn read_file_header(path: &Path, delimiter: u8) -> Result<Vec<String>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .has_headers(false)
+        .from_path(path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let mut record = csv::StringRecord::new();
+    if !reader
+        .read_record(&mut record)
+        .with_context(|| format!("reading the header of {}", path.display()))?
+    {
+        bail!(
+            "{} is empty: --header expects a header line",
+            path.display()
+        );
+    }
+    Ok(record.iter().map(str::to_string).collect())
+}
+
+/// Stdin, whose first line is read to name the columns, is sent from its start.
+type Stdin = tokio::io::Chain<std::io::Cursor<Vec<u8>>, tokio::io::BufReader<tokio::io::Stdin>>;
+
+/// The header on the first line of stdin, and stdin from its start.
+async fn read_stdin_header(delimiter: u8) -> Result<(Stdin, Vec<String>)> {
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    let mut line = Vec::new();
+    stdin
+        .read_until(b'\n', &mut line)
+        .await
+        .context("reading the header line from stdin")?;
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .has_headers(false)
+        .from_reader(line.as_slice());
+    let mut record = csv::StringRecord::new();
+    if !reader
+        .read_record(&mut record)
+        .context("reading the header line from stdin")?
+    {
+        bail!("stdin is empty: --header expects a header line");
+    }
+    let header = record.iter().map(str::to_string).collect();
+    Ok((std::io::Cursor::new(line).chain(stdin), header))
+}
+
+/// The table's column names for a file's header (normalized as `carto import` names
+/// columns), refusing names the table lacks before anything is sent, and noting when
+/// `the_geom` will stay empty although the file has coordinates.
+async fn match_header(
+    client: &carto::Client,
+    table: &str,
+    header: &[String],
+    file: &Path,
+    output: Output,
+) -> Result<Vec<String>> {
+    let names = column_names(header);
+    let columns = table_columns(client, table)
+        .await
+        .with_context(|| format!("reading the columns of {table}"))?;
+    let has = |name: &str| columns.iter().any(|c| c.name == name);
+    let unknown: Vec<&str> = names
+        .iter()
+        .filter(|n| !has(n))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        bail!(
+            "the header of {} names columns {table} does not have: {} (its columns: {}). \
+             Give the table's columns in the file's order with --columns A,B,...",
+            file.display(),
+            unknown.join(", "),
+            columns
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if has("the_geom") && !names.iter().any(|n| n == "the_geom") {
+        if let Some(coordinates) = coordinate_columns(&names) {
+            output.note(&format!(
+                "note: {table}.the_geom stays empty: the file's {coordinates} do not fill it \
+                 (name a column of WKT or EWKT the_geom to fill it)"
+            ));
+        }
+    }
+    Ok(names)
+}
+
+/// Columns that look like coordinates or geometries by their names, when a file has them.
+fn coordinate_columns(names: &[String]) -> Option<String> {
+    let looks_like = |n: &str| {
+        LONGITUDE_NAMES.contains(&n)
+            || LATITUDE_NAMES.contains(&n)
+            || ["geom", "geometry", "wkt", "the_geom_webmercator"].contains(&n)
+    };
+    let found: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| looks_like(n))
+        .collect();
+    (!found.is_empty()).then(|| format!("columns {}", found.join(", ")))
 }
 
 /// True for a server on this machine. Measured (docs/bench/tuning.md): asking it for gzip

@@ -8,7 +8,8 @@ mod server;
 mod sql;
 mod transfer;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
+use serde::Deserialize;
 
 use crate::args::{Cli, Command};
 use crate::output::Output;
@@ -43,4 +44,27 @@ fn literal(value: &str) -> String {
 /// Quotes `name` as an SQL identifier.
 fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A column of a table, with its full type (`geometry(Point,4326)`, `numeric(10,2)`).
+#[derive(Debug, Deserialize)]
+struct Column {
+    name: String,
+    #[serde(rename = "type")]
+    ty: String,
+}
+
+/// The columns of `table` (as SQL names it, `t` or `schema.t`), in table order.
+async fn table_columns(client: &carto::Client, table: &str) -> Result<Vec<Column>> {
+    let sql = format!(
+        "SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type \
+         FROM pg_attribute a WHERE a.attrelid = {}::regclass AND a.attnum > 0 \
+         AND NOT a.attisdropped ORDER BY a.attnum",
+        literal(table)
+    );
+    let columns = client.sql().send_as::<Column>(&sql).await?.rows;
+    if columns.is_empty() {
+        bail!("the table {table} has no columns");
+    }
+    Ok(columns)
 }

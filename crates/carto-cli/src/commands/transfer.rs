@@ -6,17 +6,10 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ident, literal};
+use super::{ident, literal, table_columns};
 use crate::args::{TransferArgs, TransferFormat};
 use crate::output::Output;
 use crate::profiles::account;
-
-#[derive(Deserialize)]
-struct Column {
-    name: String,
-    #[serde(rename = "type")]
-    ty: String,
-}
 
 #[derive(Deserialize)]
 struct Count {
@@ -33,7 +26,9 @@ pub async fn run(output: Output, args: TransferArgs) -> Result<()> {
     };
 
     if args.create {
-        let columns = source_columns(&source, &args.table).await?;
+        let columns = table_columns(&source, &args.table)
+            .await
+            .context("reading the source table's columns")?;
         let definition = columns
             .iter()
             .map(|c| format!("{} {}", ident(&c.name), c.ty))
@@ -122,24 +117,4 @@ pub async fn run(output: Output, args: TransferArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// The source table's columns with their full types (`geometry(Point,4326)`, `numeric(10,2)`).
-async fn source_columns(source: &carto::Client, table: &str) -> Result<Vec<Column>> {
-    let sql = format!(
-        "SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type \
-         FROM pg_attribute a WHERE a.attrelid = {}::regclass AND a.attnum > 0 \
-         AND NOT a.attisdropped ORDER BY a.attnum",
-        literal(table)
-    );
-    let columns = source
-        .sql()
-        .send_as::<Column>(&sql)
-        .await
-        .context("reading the source table's columns")?
-        .rows;
-    if columns.is_empty() {
-        bail!("the source table {table} has no columns");
-    }
-    Ok(columns)
 }

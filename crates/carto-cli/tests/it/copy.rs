@@ -162,3 +162,82 @@ async fn a_bad_upload_fails_clearly_and_loads_nothing() {
         .failure()
         .stderr(predicate::str::contains("missing.csv"));
 }
+
+/// A CARTO table starts with cartodb_id and the_geom: `--header` loads the file's columns by
+/// the names in its header, in the file's order, from a file or from stdin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_names_the_columns_of_a_carto_table() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    let dir = tempfile::tempdir().unwrap();
+    sql(
+        &server,
+        &user,
+        "CREATE TABLE cities (name text, pop int, lat float8, lon float8); \
+         SELECT CDB_CartodbfyTable(current_schema, 'cities')",
+    )
+    .await;
+    let with_geom = dir.path().join("with-geom.csv");
+    std::fs::write(
+        &with_geom,
+        "name,pop,the_geom\nAlicante,337482,SRID=4326;POINT(-0.48 38.35)\n",
+    )
+    .unwrap();
+    carto(&server, &user, dir.path())
+        .args(["copy", "from"])
+        .arg(&with_geom)
+        .args(["--table", "cities", "--header"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("copied 1 rows"))
+        .stderr(predicate::str::contains("note").not());
+
+    // Another order, another case; the coordinates do not make a geometry, and it says so.
+    let coordinates = "Lon;Name;LAT;pop\n-3.7;Madrid;40.4;3300000\n";
+    std::fs::write(dir.path().join("coords.csv"), coordinates).unwrap();
+    carto(&server, &user, dir.path())
+        .args(["copy", "from"])
+        .arg(dir.path().join("coords.csv"))
+        .args(["--table", "cities", "--header", "--delimiter", ";"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "cities.the_geom stays empty: the file's columns lon, lat do not fill it",
+        ));
+    carto(&server, &user, dir.path())
+        .args(["copy", "from", "-", "--table", "cities", "--header"])
+        .write_stdin("pop,name\n5,Stdin\n")
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("copied 1 rows"));
+    assert_eq!(
+        sql(
+            &server,
+            &user,
+            "SELECT cartodb_id, name, pop, lat, lon, ST_AsText(the_geom) AS g FROM cities ORDER BY cartodb_id"
+        )
+        .await,
+        serde_json::json!([
+            {"cartodb_id": 1, "name": "Alicante", "pop": 337482, "lat": null, "lon": null, "g": "POINT(-0.48 38.35)"},
+            {"cartodb_id": 2, "name": "Madrid", "pop": 3300000, "lat": 40.4, "lon": -3.7, "g": null},
+            {"cartodb_id": 3, "name": "Stdin", "pop": 5, "lat": null, "lon": null, "g": null},
+        ])
+    );
+
+    // A header naming a column the table lacks is refused before anything is sent.
+    std::fs::write(dir.path().join("bad.csv"), "name,population\nX,1\n").unwrap();
+    carto(&server, &user, dir.path())
+        .args(["copy", "from"])
+        .arg(dir.path().join("bad.csv"))
+        .args(["--table", "cities", "--header"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "names columns cities does not have: population",
+        ))
+        .stderr(predicate::str::contains("--columns"));
+    assert_eq!(
+        sql(&server, &user, "SELECT count(*) AS n FROM cities").await[0]["n"],
+        3
+    );
+}
