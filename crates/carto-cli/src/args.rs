@@ -242,9 +242,13 @@ pub enum TransferFormat {
 pub struct ImportArgs {
     /// The CSV file (with a header line).
     pub file: PathBuf,
-    /// Name of the table to create.
+    /// Name of the table: lower-case letters, digits and _ (default: the file's name, made
+    /// into one, e.g. "More Cities.csv" -> more_cities).
     #[arg(long)]
-    pub table: String,
+    pub table: Option<String>,
+    /// What to do when the table exists: fail, replace it, or append the file's rows to it.
+    #[arg(long, value_enum, default_value_t = IfExists::Fail)]
+    pub if_exists: IfExists,
     /// Print the statements instead of running them.
     #[arg(long)]
     pub dry_run: bool,
@@ -254,6 +258,17 @@ pub struct ImportArgs {
     /// Rows read to infer column types.
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub sample: usize,
+}
+
+/// What `carto import` does with a table that exists (ogr2ogr's `-overwrite`, `-append`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IfExists {
+    /// Stop before loading anything.
+    Fail,
+    /// Replace the table with the file's rows, in one transaction.
+    Replace,
+    /// Add the file's rows to the table (its columns must take them).
+    Append,
 }
 
 /// `carto profile ...`

@@ -6,7 +6,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
-use super::{client, ident, literal, table_columns};
+use super::{client, ident, literal, missing_columns, table_columns};
 use crate::args::{
     CopyCommand, CopyFromArgs, CopyToArgs, DataFormat, Global, TableOptions, Target,
 };
@@ -202,29 +202,20 @@ async fn match_header(
         .await
         .with_context(|| format!("reading the columns of {table}"))?;
     let has = |name: &str| columns.iter().any(|c| c.name == name);
-    let unknown: Vec<&str> = names
-        .iter()
-        .filter(|n| !has(n))
-        .map(String::as_str)
-        .collect();
-    if !unknown.is_empty() {
+    if let Some((unknown, all)) = missing_columns(&names, &columns) {
         bail!(
-            "the header of {} names columns {table} does not have: {} (its columns: {}). \
-             Give the table's columns in the file's order with --columns A,B,...",
+            "the header of {} names columns {table} does not have: {unknown} (its columns: \
+             {all}). Give the table's columns in the file's order with --columns A,B,...",
             file.display(),
-            unknown.join(", "),
-            columns
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
         );
     }
     if has("the_geom") && !names.iter().any(|n| n == "the_geom") {
         if let Some(coordinates) = coordinate_columns(&names) {
             output.note(&format!(
                 "note: {table}.the_geom stays empty: the file's {coordinates} do not fill it \
-                 (name a column of WKT or EWKT the_geom to fill it)"
+                 (name a column of WKT or EWKT the_geom, or load longitude/latitude with \
+                 `carto import {} --table {table} --if-exists append`)",
+                file.display()
             ));
         }
     }

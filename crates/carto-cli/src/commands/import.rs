@@ -1,101 +1,232 @@
-//! `carto import FILE.csv --table T`: infer the columns from the header and a sample, create
-//! the table, COPY the file, derive `the_geom` from longitude/latitude columns when there are
-//! any, then cartodbfy (load first, index after: the measured fast order). A failed load
-//! drops the table it created, so nothing is left half-imported.
+//! `carto import FILE.csv [--table T]`: infer the columns from the header and a sample, load
+//! the file into a staging table, then in one transaction make it the table (create or
+//! replace: rename, derive `the_geom` from longitude/latitude columns, cartodbfy) or append
+//! its rows. Until that transaction commits nothing under the table's name changes, so a
+//! failed, interrupted or killed import leaves the table as it was; a killed one leaves only
+//! its staging table, which the next import of that table drops first.
+
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
 use serde_json::json;
 
-use super::{client, ident, literal};
-use crate::args::{Global, ImportArgs};
+use super::{client, ident, literal, missing_columns, table_columns};
+use crate::args::{Global, IfExists, ImportArgs};
 use crate::infer::{column_names, infer, lon_lat, ColumnType};
 use crate::output::{bytes, Output};
 use crate::progress::transfer_bar;
 
+/// PostgreSQL's longest identifier, in bytes.
+const MAX_NAME: usize = 63;
+
 /// The statements of an import.
 struct Plan {
-    create: String,
+    table: String,
+    staging: String,
+    /// Drops what a killed import of this table left, creates the staging table.
+    prepare: String,
+    /// Loads the file into the staging table.
     copy: String,
-    geometry_from_lon_lat: Option<String>,
-    cartodbfy: String,
+    /// One transaction: the staging table becomes the table, or its rows are appended.
+    finish: String,
+    appends: bool,
+}
+
+/// What the file holds: its columns, as SQL names them, and their inferred types.
+struct FileColumns {
+    names: Vec<String>,
+    types: Vec<ColumnType>,
+}
+
+#[derive(Deserialize)]
+struct Exists {
+    exists: bool,
 }
 
 pub async fn run(global: &Global, output: Output, args: ImportArgs) -> Result<()> {
     let delimiter = u8::try_from(args.delimiter)
         .map_err(|_| anyhow!("--delimiter must be a single ASCII character"))?;
-    let plan = plan(&args, delimiter)?;
+    let table = table_name(args.table.as_deref(), &args.file)?;
+    if args.table.is_none() {
+        output.note(&format!("table {table} (from the file's name)"));
+    }
+    let file = read_columns(&args, delimiter)?;
+
+    // A dry run of a create needs no server; an append must see the table's columns.
+    let needs_server = !args.dry_run || args.if_exists == IfExists::Append;
+    let client = if needs_server {
+        Some(client(global)?)
+    } else {
+        None
+    };
+    let existing = match &client {
+        Some(client) if exists(client, &table).await? => Some(
+            table_columns(client, &table)
+                .await
+                .with_context(|| format!("reading the columns of {table}"))?,
+        ),
+        _ => None,
+    };
+    let plan = match (&existing, args.if_exists) {
+        (Some(_), IfExists::Fail) if !args.dry_run => bail!(
+            "the table {table} already exists: use --if-exists replace to replace it or \
+             --if-exists append to add the file's rows to it (nothing was imported)"
+        ),
+        (Some(columns), IfExists::Append) => plan_append(&table, &file, columns, &args)?,
+        _ => plan_create(&table, &file, args.if_exists == IfExists::Replace, &args),
+    };
     if args.dry_run {
-        for statement in [
-            Some(&plan.create),
-            Some(&plan.copy),
-            plan.geometry_from_lon_lat.as_ref(),
-            Some(&plan.cartodbfy),
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for statement in [&plan.prepare, &plan.copy, &plan.finish] {
             println!("{statement};");
         }
         return Ok(());
     }
+    let client = client.expect("a client for a run that is not dry");
+    import(&client, output, &plan, &args.file).await
+}
 
-    let client = client(global)?;
+/// Loads the file through the staging table; on any failure drops the staging table.
+async fn import(client: &carto::Client, output: Output, plan: &Plan, file: &Path) -> Result<()> {
     let sql = client.sql();
-    sql.send(&plan.create).await.context("creating the table")?;
-    output.note(&format!("created {}", args.table));
-
-    let size = std::fs::metadata(&args.file)?.len();
-    let (bar, progress) = transfer_bar(output.bars(), Some(size));
-    let mut copy = client.copy();
-    if let Some(progress) = progress {
-        copy = copy.with_progress(progress);
-    }
-    let loaded = copy.copy_from_file(&plan.copy, &args.file).await;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    let outcome = match loaded {
-        Ok(outcome) => outcome,
+    sql.send(&plan.prepare)
+        .await
+        .context("creating the staging table")?;
+    let loaded = load(client, output, plan, file).await;
+    let (rows, time) = match loaded {
+        Ok(done) => done,
         Err(error) => {
-            // The table was made for this import: leave nothing half-imported behind.
-            let _ = sql.send(&format!("DROP TABLE {}", args.table)).await;
-            return Err(anyhow::Error::new(error).context(format!(
-                "loading {} (nothing was imported)",
-                args.file.display()
+            let _ = sql
+                .send(&format!("DROP TABLE IF EXISTS {}", ident(&plan.staging)))
+                .await;
+            return Err(error.context(format!(
+                "importing {} (nothing was imported)",
+                file.display()
             )));
         }
     };
-
-    let finish = async {
-        if let Some(update) = &plan.geometry_from_lon_lat {
-            sql.send(update)
-                .await
-                .context("setting the_geom from longitude/latitude")?;
-        }
-        sql.send(&plan.cartodbfy)
-            .await
-            .context("cartodbfying the table")?;
-        anyhow::Ok(())
-    };
-    if let Err(error) = finish.await {
-        let _ = sql.send(&format!("DROP TABLE {}", args.table)).await;
-        return Err(error.context("nothing was imported"));
-    }
+    let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
     output.result(
         &format!(
-            "imported {} rows ({}) into {} in {:.2} s",
-            outcome.total_rows,
+            "{} {rows} rows ({}) {} {} in {time:.2} s",
+            if plan.appends { "appended" } else { "imported" },
             bytes(size),
-            args.table,
-            outcome.time
+            if plan.appends { "to" } else { "into" },
+            plan.table,
         ),
-        json!({ "table": args.table, "total_rows": outcome.total_rows, "bytes": size }),
+        json!({ "table": plan.table, "total_rows": rows, "bytes": size, "appended": plan.appends }),
         false,
     );
     Ok(())
 }
 
-fn plan(args: &ImportArgs, delimiter: u8) -> Result<Plan> {
+/// COPY into the staging table, then the finishing transaction; the rows and seconds.
+async fn load(
+    client: &carto::Client,
+    output: Output,
+    plan: &Plan,
+    file: &Path,
+) -> Result<(u64, f64)> {
+    let size = std::fs::metadata(file)
+        .with_context(|| format!("reading {}", file.display()))?
+        .len();
+    let (bar, progress) = transfer_bar(output.bars(), Some(size));
+    let mut copy = client.copy();
+    if let Some(progress) = progress {
+        copy = copy.with_progress(progress);
+    }
+    let started = std::time::Instant::now();
+    let loaded = copy.copy_from_file(&plan.copy, file).await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let outcome = loaded.with_context(|| format!("loading {}", file.display()))?;
+    client.sql().send(&plan.finish).await.with_context(|| {
+        if plan.appends {
+            format!("appending the rows to {}", plan.table)
+        } else {
+            format!("creating {} and cartodbfying it", plan.table)
+        }
+    })?;
+    Ok((outcome.total_rows, started.elapsed().as_secs_f64()))
+}
+
+async fn exists(client: &carto::Client, table: &str) -> Result<bool> {
+    let answer = client
+        .sql()
+        .send_as::<Exists>(&format!(
+            "SELECT to_regclass({}) IS NOT NULL AS exists",
+            literal(&ident(table))
+        ))
+        .await
+        .with_context(|| format!("looking for the table {table}"))?;
+    Ok(answer.rows.first().is_some_and(|row| row.exists))
+}
+
+/// The table's name: `--table` when it is a plain lower-case SQL name (anything else would be
+/// folded or need quoting everywhere, so it is refused with the name to use), else the file's
+/// name made into one.
+fn table_name(given: Option<&str>, file: &Path) -> Result<String> {
+    match given {
+        Some(name) => {
+            let plain = sql_name(name);
+            if plain != name {
+                bail!(
+                    "--table {name:?}: table names are lower-case letters, digits and _ \
+                     (at most {MAX_NAME}, not starting with a digit); try --table {plain}"
+                );
+            }
+            Ok(plain)
+        }
+        None => {
+            let stem = file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Ok(sql_name(&stem))
+        }
+    }
+}
+
+/// `text` made into a plain SQL name: ASCII lower case, `_` for anything else, not starting
+/// with a digit, at most 63 bytes.
+fn sql_name(text: &str) -> String {
+    let mut name: String = text
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    // Runs of separators read as one.
+    while name.contains("__") {
+        name = name.replace("__", "_");
+    }
+    let mut name = name.trim_matches('_').to_string();
+    if name.is_empty() {
+        name = "imported".into();
+    }
+    if name.starts_with(|c: char| c.is_ascii_digit()) {
+        name.insert(0, '_');
+    }
+    name.truncate(MAX_NAME);
+    name
+}
+
+/// The staging table of an import into `table`: one name per table, so that the next import
+/// of it finds what a killed one left.
+fn staging_name(table: &str) -> String {
+    let mut name = format!("carto_import_{table}");
+    name.truncate(MAX_NAME);
+    name
+}
+
+/// Reads the header and a sample of rows, and infers the columns.
+fn read_columns(args: &ImportArgs, delimiter: u8) -> Result<FileColumns> {
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .flexible(true)
@@ -119,42 +250,150 @@ fn plan(args: &ImportArgs, delimiter: u8) -> Result<Plan> {
     }
     let names = column_names(&header);
     let types = infer(names.len(), &sample);
+    Ok(FileColumns { names, types })
+}
 
-    let mut definitions: Vec<String> = names
-        .iter()
-        .zip(&types)
-        .map(|(name, ty)| format!("{} {}", ident(name), ty.sql()))
-        .collect();
-    let has_geometry =
-        types.contains(&ColumnType::Geometry) || names.iter().any(|n| n == "the_geom");
-    let geometry_from_lon_lat = match lon_lat(&names, &types) {
-        Some((lon, lat)) if !has_geometry => {
-            definitions.push("the_geom geometry(Point, 4326)".into());
-            Some(format!(
-                "UPDATE {} SET the_geom = ST_SetSRID(ST_MakePoint({}, {}), 4326)",
-                args.table,
-                ident(&names[lon]),
-                ident(&names[lat])
-            ))
-        }
-        _ => None,
-    };
+/// Drops what a killed import left under the staging name, and creates the staging table.
+fn prepare_statement(staging: &str, definitions: &[String]) -> String {
+    format!(
+        "DROP TABLE IF EXISTS {0}; CREATE TABLE {0} ({1})",
+        ident(staging),
+        definitions.join(", ")
+    )
+}
+
+/// The COPY of the file into the staging table.
+fn copy_statement(staging: &str, names: &[String], args: &ImportArgs) -> String {
     let columns = names
         .iter()
         .map(|n| ident(n))
         .collect::<Vec<_>>()
         .join(", ");
+    format!(
+        "COPY {} ({columns}) FROM STDIN WITH (FORMAT csv, HEADER true, DELIMITER {})",
+        ident(staging),
+        literal(&args.delimiter.to_string())
+    )
+}
+
+/// A new table (replacing the old one in the same transaction with `replace`).
+fn plan_create(table: &str, file: &FileColumns, replace: bool, args: &ImportArgs) -> Plan {
+    let staging = staging_name(table);
+    let mut definitions: Vec<String> = file
+        .names
+        .iter()
+        .zip(&file.types)
+        .map(|(name, ty)| format!("{} {}", ident(name), ty.sql()))
+        .collect();
+    let has_geometry =
+        file.types.contains(&ColumnType::Geometry) || file.names.iter().any(|n| n == "the_geom");
+    let mut finish = Vec::new();
+    if replace {
+        finish.push(format!("DROP TABLE IF EXISTS {}", ident(table)));
+    }
+    finish.push(format!(
+        "ALTER TABLE {} RENAME TO {}",
+        ident(&staging),
+        ident(table)
+    ));
+    if let Some((lon, lat)) = lon_lat(&file.names, &file.types).filter(|_| !has_geometry) {
+        definitions.push("the_geom geometry(Point, 4326)".into());
+        finish.push(format!(
+            "UPDATE {} SET the_geom = ST_SetSRID(ST_MakePoint({}, {}), 4326)",
+            ident(table),
+            ident(&file.names[lon]),
+            ident(&file.names[lat])
+        ));
+    }
+    finish.push(format!(
+        "SELECT CDB_CartodbfyTable(current_schema, {})",
+        literal(table)
+    ));
+    Plan {
+        table: table.into(),
+        prepare: prepare_statement(&staging, &definitions),
+        copy: copy_statement(&staging, &file.names, args),
+        finish: finish.join("; "),
+        staging,
+        appends: false,
+    }
+}
+
+/// Rows added to an existing table: staged with the table's own column types, so that what
+/// the table would refuse is refused while loading, with its line.
+fn plan_append(
+    table: &str,
+    file: &FileColumns,
+    columns: &[super::Column],
+    args: &ImportArgs,
+) -> Result<Plan> {
+    let type_of = |name: &str| columns.iter().find(|c| c.name == name).map(|c| &c.ty);
+    if let Some((unknown, all)) = missing_columns(&file.names, columns) {
+        bail!(
+            "{} has columns {table} does not have: {unknown} (its columns: {all}); nothing \
+             was imported",
+            args.file.display(),
+        );
+    }
+    let staging = staging_name(table);
+    let definitions: Vec<String> = file
+        .names
+        .iter()
+        .map(|n| format!("{} {}", ident(n), type_of(n).expect("checked above")))
+        .collect();
+    let mut targets: Vec<String> = file.names.iter().map(|n| ident(n)).collect();
+    let mut values = targets.clone();
+    let fills_geometry =
+        type_of("the_geom").is_some() && !file.names.iter().any(|n| n == "the_geom");
+    if let Some((lon, lat)) = lon_lat(&file.names, &file.types).filter(|_| fills_geometry) {
+        targets.push("the_geom".into());
+        values.push(format!(
+            "ST_SetSRID(ST_MakePoint({}, {}), 4326)",
+            ident(&file.names[lon]),
+            ident(&file.names[lat])
+        ));
+    }
     Ok(Plan {
-        create: format!("CREATE TABLE {} ({})", args.table, definitions.join(", ")),
-        copy: format!(
-            "COPY {} ({columns}) FROM STDIN WITH (FORMAT csv, HEADER true, DELIMITER {})",
-            args.table,
-            literal(&args.delimiter.to_string())
+        table: table.into(),
+        prepare: prepare_statement(&staging, &definitions),
+        copy: copy_statement(&staging, &file.names, args),
+        finish: format!(
+            "INSERT INTO {} ({}) SELECT {} FROM {}; DROP TABLE {}",
+            ident(table),
+            targets.join(", "),
+            values.join(", "),
+            ident(&staging),
+            ident(&staging)
         ),
-        geometry_from_lon_lat,
-        cartodbfy: format!(
-            "SELECT CDB_CartodbfyTable(current_schema, {})",
-            literal(&args.table)
-        ),
+        staging,
+        appends: true,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names() {
+        assert_eq!(sql_name("More Cities"), "more_cities");
+        assert_eq!(sql_name("MyCities"), "mycities");
+        assert_eq!(sql_name("2024 - données"), "_2024_donn_es");
+        assert_eq!(sql_name("__"), "imported");
+        assert_eq!(sql_name(&"x".repeat(100)).len(), MAX_NAME);
+        assert_eq!(
+            table_name(None, Path::new("/tmp/More Cities.csv")).unwrap(),
+            "more_cities"
+        );
+        assert_eq!(
+            table_name(Some("cities_2"), Path::new("x.csv")).unwrap(),
+            "cities_2"
+        );
+        let refused = table_name(Some("My Cities"), Path::new("x.csv")).unwrap_err();
+        assert!(
+            refused.to_string().contains("try --table my_cities"),
+            "{refused}"
+        );
+        assert!(table_name(Some("MyCities"), Path::new("x.csv")).is_err());
+    }
 }

@@ -68,3 +68,17 @@ async fn table_columns(client: &carto::Client, table: &str) -> Result<Vec<Column
     }
     Ok(columns)
 }
+
+/// When `names` has columns that `columns` lacks: those names, and the table's columns, each
+/// as a comma-separated list for an error message.
+fn missing_columns(names: &[String], columns: &[Column]) -> Option<(String, String)> {
+    let unknown: Vec<&str> = names
+        .iter()
+        .filter(|n| !columns.iter().any(|c| &c.name == *n))
+        .map(String::as_str)
+        .collect();
+    (!unknown.is_empty()).then(|| {
+        let all: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+        (unknown.join(", "), all.join(", "))
+    })
+}

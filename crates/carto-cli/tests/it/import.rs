@@ -136,9 +136,11 @@ async fn dry_run_prints_the_statements_and_runs_none() {
         .clone();
     assert_eq!(
         text(&out.stdout),
-        "CREATE TABLE people (\"id\" integer, \"name\" text, \"score\" numeric, \"active\" boolean, \
-         \"born\" date, \"seen\" timestamptz, \"wkt\" geometry);\n\
-         COPY people (\"id\", \"name\", \"score\", \"active\", \"born\", \"seen\", \"wkt\") FROM STDIN WITH (FORMAT csv, HEADER true, DELIMITER ',');\n\
+        "DROP TABLE IF EXISTS \"carto_import_people\"; \
+         CREATE TABLE \"carto_import_people\" (\"id\" integer, \"name\" text, \"score\" numeric, \
+         \"active\" boolean, \"born\" date, \"seen\" timestamptz, \"wkt\" geometry);\n\
+         COPY \"carto_import_people\" (\"id\", \"name\", \"score\", \"active\", \"born\", \"seen\", \"wkt\") FROM STDIN WITH (FORMAT csv, HEADER true, DELIMITER ',');\n\
+         ALTER TABLE \"carto_import_people\" RENAME TO \"people\"; \
          SELECT CDB_CartodbfyTable(current_schema, 'people');\n"
     );
     let left = sql(
@@ -148,4 +150,192 @@ async fn dry_run_prints_the_statements_and_runs_none() {
     )
     .await;
     assert_eq!(left[0]["n"], 0);
+}
+
+/// `--if-exists fail|replace|append`, and a table named after the file by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_table_fails_is_replaced_or_appended_to() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("More Cities.csv");
+    std::fs::write(&file, "name,pop,lat,lon\nA,1,41.38,2.17\nB,2,40.4,-3.7\n").unwrap();
+    carto(&server, &user, dir.path())
+        .arg("import")
+        .arg(&file)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "table more_cities (from the file's name)",
+        ))
+        .stderr(predicate::str::contains("imported 2 rows"));
+
+    carto(&server, &user, dir.path())
+        .arg("import")
+        .arg(&file)
+        .args(["--table", "more_cities"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "the table more_cities already exists: use --if-exists replace",
+        ));
+    let names = "SELECT string_agg(name || ':' || pop || ':' || ST_AsText(the_geom), ',' ORDER BY cartodb_id) AS s FROM more_cities";
+    assert_eq!(
+        sql(&server, &user, names).await[0]["s"],
+        "A:1:POINT(2.17 41.38),B:2:POINT(-3.7 40.4)"
+    );
+
+    std::fs::write(&file, "name,pop,lat,lon\nC,3,1,2\n").unwrap();
+    carto(&server, &user, dir.path())
+        .arg("import")
+        .arg(&file)
+        .args(["--if-exists", "replace"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("imported 1 rows"));
+    assert_eq!(sql(&server, &user, names).await[0]["s"], "C:3:POINT(2 1)");
+
+    // Appended rows get the table's next cartodb_id and a geometry from their lon/lat.
+    let other = dir.path().join("other.csv");
+    std::fs::write(&other, "lon,lat,name\n5,6,D\n").unwrap();
+    carto(&server, &user, dir.path())
+        .arg("import")
+        .arg(&other)
+        .args(["--table", "more_cities", "--if-exists", "append"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("appended 1 rows"));
+    let rows = "SELECT string_agg(cartodb_id || ':' || name || ':' || coalesce(pop, 0) || ':' || ST_AsText(the_geom), ',' ORDER BY cartodb_id) AS s FROM more_cities";
+    assert_eq!(
+        sql(&server, &user, rows).await[0]["s"],
+        "1:C:3:POINT(2 1),2:D:0:POINT(5 6)"
+    );
+    // A column the table lacks is refused before anything is loaded.
+    std::fs::write(&other, "name,height\nE,7\n").unwrap();
+    carto(&server, &user, dir.path())
+        .arg("import")
+        .arg(&other)
+        .args(["--table", "more_cities", "--if-exists", "append"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "has columns more_cities does not have: height",
+        ));
+    assert_eq!(
+        sql(&server, &user, "SELECT count(*) AS n FROM more_cities").await[0]["n"],
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_names_that_would_change_are_refused_with_the_name_to_use() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.csv");
+    std::fs::write(&file, "name\nA\n").unwrap();
+    for (given, suggested) in [("My Cities", "my_cities"), ("MyCities", "mycities")] {
+        carto(&server, &user, dir.path())
+            .arg("import")
+            .arg(&file)
+            .args(["--table", given])
+            .assert()
+            .failure()
+            .code(1)
+            .stderr(predicate::str::contains(format!("try --table {suggested}")));
+    }
+    assert_eq!(tables(&server, &user).await, Vec::<String>::new());
+}
+
+/// Killed while loading, an import leaves no table under its name, and the next run works
+/// (dropping what the killed one staged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_import_leaves_no_table_and_the_next_one_works() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.csv");
+    std::fs::write(&file, big_csv(1_000_000)).unwrap();
+    let mut import = import_process(&server, &user, dir.path(), &file);
+    wait_for_staging(&server, &user, &mut import).await;
+    import.kill().unwrap();
+    import.wait().unwrap();
+    assert_eq!(tables(&server, &user).await, ["carto_import_big"]);
+
+    carto(&server, &user, dir.path())
+        .arg("import")
+        .arg(&file)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("imported 1000000 rows"));
+    assert_eq!(tables(&server, &user).await, ["big"]);
+}
+
+/// `id,name` rows.
+pub fn big_csv(rows: usize) -> String {
+    let mut csv = String::from("id,name\n");
+    for i in 0..rows {
+        csv.push_str(&format!("{i},name {i}\n"));
+    }
+    csv
+}
+
+/// `carto import FILE` running in the background.
+pub fn import_process(
+    server: &TestServer,
+    user: &carto_sql_api::testing::TestUser,
+    config_dir: &std::path::Path,
+    file: &std::path::Path,
+) -> std::process::Child {
+    std::process::Command::new(assert_cmd::cargo::cargo_bin("carto"))
+        .env("CARTO_CONFIG_DIR", config_dir)
+        .args([
+            "--base-url",
+            &server.base_url(user),
+            "--api-key",
+            &user.api_key,
+        ])
+        .arg("import")
+        .arg(file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until the import has created its staging table, i.e. it is loading.
+pub async fn wait_for_staging(
+    server: &TestServer,
+    user: &carto_sql_api::testing::TestUser,
+    import: &mut std::process::Child,
+) {
+    loop {
+        if let Some(status) = import.try_wait().unwrap() {
+            panic!("the import ended ({status}) before it could be interrupted");
+        }
+        if tables(server, user)
+            .await
+            .iter()
+            .any(|t| t.starts_with("carto_import_"))
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The user's tables, by name.
+pub async fn tables(server: &TestServer, user: &carto_sql_api::testing::TestUser) -> Vec<String> {
+    let rows = sql(
+        server,
+        user,
+        "SELECT tablename AS t FROM pg_tables WHERE schemaname = current_schema \
+         AND tablename <> 'spatial_ref_sys' ORDER BY 1",
+    )
+    .await;
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["t"].as_str().unwrap().to_string())
+        .collect()
 }
