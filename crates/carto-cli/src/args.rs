@@ -96,8 +96,8 @@ pub struct TableOptions {
     /// The data has (or gets) a header line (CSV only).
     #[arg(long)]
     pub header: bool,
-    /// Field delimiter (CSV and text).
-    #[arg(long, value_name = "CHAR")]
+    /// Field delimiter (CSV and text): one ASCII character, or tab.
+    #[arg(long, value_name = "CHAR", value_parser = delimiter)]
     pub delimiter: Option<char>,
 }
 
@@ -252,9 +252,14 @@ pub struct ImportArgs {
     /// Print the statements instead of running them.
     #[arg(long)]
     pub dry_run: bool,
-    /// Field delimiter.
-    #[arg(long, default_value_t = ',', value_name = "CHAR")]
-    pub delimiter: char,
+    /// Field delimiter: one ASCII character, or tab (default: whichever of , ; tab | splits
+    /// the first lines into the same number of fields).
+    #[arg(long, value_name = "CHAR", value_parser = delimiter)]
+    pub delimiter: Option<char>,
+    /// The SQL type of a column instead of the inferred one, e.g. --type code=text (COLUMN
+    /// as in the header or as renamed). Repeatable.
+    #[arg(long = "type", value_name = "COLUMN=TYPE")]
+    pub types: Vec<String>,
     /// Rows read to infer column types.
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub sample: usize,
@@ -269,6 +274,20 @@ pub enum IfExists {
     Replace,
     /// Add the file's rows to the table (its columns must take them).
     Append,
+}
+
+/// A field delimiter: one ASCII character (not a quote or a line break), or `tab`/`\t`.
+fn delimiter(text: &str) -> Result<char, String> {
+    match text {
+        "tab" | "\\t" | "\t" => Ok('\t'),
+        _ => {
+            let mut chars = text.chars();
+            match (chars.next(), chars.next()) {
+                (Some(c), None) if c.is_ascii() && !matches!(c, '"' | '\n' | '\r') => Ok(c),
+                _ => Err("one ASCII character (not a quote or a line break), or tab".into()),
+            }
+        }
+    }
 }
 
 /// `carto profile ...`

@@ -60,6 +60,9 @@ fn classify(value: &str) -> Option<ColumnType> {
     }
     Some(if is_boolean(v) {
         ColumnType::Boolean
+    } else if has_leading_zero(v) {
+        // Codes (007, 08001): a number would lose the zeros.
+        ColumnType::Text
     } else if let Ok(n) = v.parse::<i64>() {
         if i32::try_from(n).is_ok() {
             ColumnType::Integer
@@ -108,6 +111,15 @@ pub fn infer(columns: usize, rows: &[Vec<String>]) -> Vec<ColumnType> {
                 .unwrap_or(ColumnType::Text)
         })
         .collect()
+}
+
+/// `007`, `-01.5`: digits after a leading 0, which only text keeps.
+fn has_leading_zero(v: &str) -> bool {
+    let digits = v.strip_prefix(['-', '+']).unwrap_or(v).as_bytes();
+    digits.len() > 1
+        && digits[0] == b'0'
+        && digits[1].is_ascii_digit()
+        && digits.iter().all(|b| b.is_ascii_digit() || *b == b'.')
 }
 
 fn is_boolean(v: &str) -> bool {
@@ -191,10 +203,17 @@ const GEOMETRY_KEYWORDS: [&str; 7] = [
     "GEOMETRYCOLLECTION",
 ];
 
+/// `SRID=` at the start, compared by bytes: the value may have any characters after it.
+fn is_srid_prefix(text: &str) -> bool {
+    text.as_bytes()
+        .get(..5)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"SRID="))
+}
+
 /// WKT or EWKT (`SRID=4326;POINT(1 2)`), or hex EWKB as PostGIS prints it.
 fn is_geometry(v: &str) -> bool {
     let wkt = match v.split_once(';') {
-        Some((srid, rest)) if srid.len() > 5 && srid[..5].eq_ignore_ascii_case("SRID=") => {
+        Some((srid, rest)) if srid.len() > 5 && is_srid_prefix(srid) => {
             if !srid[5..].bytes().all(|c| c.is_ascii_digit()) {
                 return false;
             }
@@ -299,6 +318,14 @@ mod tests {
         assert_eq!(column(&["", ""]), Text);
         assert_eq!(column(&["1.2.3"]), Text);
         assert_eq!(column(&["NaN"]), Text);
+        assert_eq!(column(&["007", "12"]), Text);
+        assert_eq!(column(&["-01.5"]), Text);
+        assert_eq!(column(&["0", "0.5", "-0.25"]), Numeric);
+    }
+
+    #[test]
+    fn any_text_before_a_semicolon() {
+        assert_eq!(column(&["abcdé;x", "é;", "SRIDé;POINT(1 2)"]), Text);
     }
 
     #[test]

@@ -33,10 +33,14 @@ struct Plan {
     appends: bool,
 }
 
-/// What the file holds: its columns, as SQL names them, and their inferred types.
+/// What the file holds: its columns as the header names them and as SQL will, their inferred
+/// types, and the SQL types they get (`--type` overrides the inferred ones).
 struct FileColumns {
+    header: Vec<String>,
     names: Vec<String>,
     types: Vec<ColumnType>,
+    sql_types: Vec<String>,
+    delimiter: u8,
 }
 
 #[derive(Deserialize)]
@@ -45,13 +49,23 @@ struct Exists {
 }
 
 pub async fn run(global: &Global, output: Output, args: ImportArgs) -> Result<()> {
-    let delimiter = u8::try_from(args.delimiter)
-        .map_err(|_| anyhow!("--delimiter must be a single ASCII character"))?;
     let table = table_name(args.table.as_deref(), &args.file)?;
     if args.table.is_none() {
         output.note(&format!("table {table} (from the file's name)"));
     }
+    let delimiter = match args.delimiter {
+        // The argument parser takes only ASCII.
+        Some(c) => c as u8,
+        None => {
+            let found = detect_delimiter(&args.file)?;
+            if found != b',' {
+                output.note(&format!("delimiter {} (detected)", describe(found)));
+            }
+            found
+        }
+    };
     let file = read_columns(&args, delimiter)?;
+    report_columns(output, &file);
 
     // A dry run of a create needs no server; an append must see the table's columns.
     let needs_server = !args.dry_run || args.if_exists == IfExists::Append;
@@ -74,7 +88,7 @@ pub async fn run(global: &Global, output: Output, args: ImportArgs) -> Result<()
              --if-exists append to add the file's rows to it (nothing was imported)"
         ),
         (Some(columns), IfExists::Append) => plan_append(&table, &file, columns, &args)?,
-        _ => plan_create(&table, &file, args.if_exists == IfExists::Replace, &args),
+        _ => plan_create(&table, &file, args.if_exists == IfExists::Replace),
     };
     if args.dry_run {
         for statement in [&plan.prepare, &plan.copy, &plan.finish] {
@@ -225,7 +239,47 @@ fn staging_name(table: &str) -> String {
     name
 }
 
-/// Reads the header and a sample of rows, and infers the columns.
+/// Delimiters a CSV file is likely to use, in order of preference.
+const DELIMITERS: [u8; 4] = [b',', b';', b'\t', b'|'];
+
+/// Lines read to detect the delimiter.
+const DETECT_LINES: usize = 50;
+
+/// The delimiter of `path`: of `,` `;` tab `|`, the one that splits the header into the most
+/// fields with every following line (of the first few) splitting into as many; `,` when
+/// none splits the header.
+fn detect_delimiter(path: &Path) -> Result<u8> {
+    let mut best = (b',', 1);
+    for delimiter in DELIMITERS {
+        let mut reader = csv::ReaderBuilder::new()
+            .delimiter(delimiter)
+            .flexible(true)
+            .has_headers(false)
+            .from_path(path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let mut widths = reader
+            .records()
+            .take(DETECT_LINES)
+            .map(|record| record.map(|r| r.len()));
+        let Some(Ok(fields)) = widths.next() else {
+            continue;
+        };
+        if fields > best.1 && widths.all(|width| width.is_ok_and(|w| w == fields)) {
+            best = (delimiter, fields);
+        }
+    }
+    Ok(best.0)
+}
+
+/// A delimiter as people write it.
+fn describe(delimiter: u8) -> String {
+    match delimiter {
+        b'\t' => "tab".into(),
+        other => format!("'{}'", other as char),
+    }
+}
+
+/// Reads the header and a sample of rows, infers the columns, applies `--type`.
 fn read_columns(args: &ImportArgs, delimiter: u8) -> Result<FileColumns> {
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
@@ -241,6 +295,25 @@ fn read_columns(args: &ImportArgs, delimiter: u8) -> Result<FileColumns> {
     if header.is_empty() {
         bail!("{} has no header line", args.file.display());
     }
+    // One column whose name holds another delimiter is a file read with the wrong one.
+    if let [only] = header.as_slice() {
+        if let Some(other) = DELIMITERS
+            .iter()
+            .find(|d| **d != delimiter && only.contains(**d as char))
+        {
+            bail!(
+                "the header of {} is one column, {only:?}, read with the delimiter {}: \
+                 give the file's delimiter, e.g. --delimiter {}",
+                args.file.display(),
+                describe(delimiter),
+                if *other == b'\t' {
+                    "tab".into()
+                } else {
+                    describe(*other)
+                }
+            );
+        }
+    }
     let mut sample = Vec::new();
     for (i, record) in reader.records().take(args.sample).enumerate() {
         // Line numbers count the header as line 1.
@@ -250,7 +323,52 @@ fn read_columns(args: &ImportArgs, delimiter: u8) -> Result<FileColumns> {
     }
     let names = column_names(&header);
     let types = infer(names.len(), &sample);
-    Ok(FileColumns { names, types })
+    let mut sql_types: Vec<String> = types.iter().map(|t| t.sql().to_string()).collect();
+    for given in &args.types {
+        let (column, ty) = given
+            .split_once('=')
+            .filter(|(c, t)| !c.is_empty() && !t.trim().is_empty())
+            .ok_or_else(|| anyhow!("--type {given:?}: expected COLUMN=TYPE, e.g. code=text"))?;
+        let index = names
+            .iter()
+            .position(|n| n == column)
+            .or_else(|| header.iter().position(|h| h == column))
+            .ok_or_else(|| {
+                anyhow!(
+                    "--type {given:?}: the file has no column {column:?} (its columns: {})",
+                    names.join(", ")
+                )
+            })?;
+        sql_types[index] = ty.trim().to_string();
+    }
+    Ok(FileColumns {
+        header,
+        names,
+        types,
+        sql_types,
+        delimiter,
+    })
+}
+
+/// Tells which type each column gets, and which header names were changed to be SQL names.
+fn report_columns(output: Output, file: &FileColumns) {
+    let columns: Vec<String> = file
+        .names
+        .iter()
+        .zip(&file.sql_types)
+        .map(|(name, ty)| format!("{name} {ty}"))
+        .collect();
+    output.note(&format!("columns: {}", columns.join(", ")));
+    let renamed: Vec<String> = file
+        .header
+        .iter()
+        .zip(&file.names)
+        .filter(|(raw, name)| raw != name)
+        .map(|(raw, name)| format!("{raw:?} -> {name}"))
+        .collect();
+    if !renamed.is_empty() {
+        output.note(&format!("renamed: {}", renamed.join(", ")));
+    }
 }
 
 /// Drops what a killed import left under the staging name, and creates the staging table.
@@ -263,8 +381,9 @@ fn prepare_statement(staging: &str, definitions: &[String]) -> String {
 }
 
 /// The COPY of the file into the staging table.
-fn copy_statement(staging: &str, names: &[String], args: &ImportArgs) -> String {
-    let columns = names
+fn copy_statement(staging: &str, file: &FileColumns) -> String {
+    let columns = file
+        .names
         .iter()
         .map(|n| ident(n))
         .collect::<Vec<_>>()
@@ -272,18 +391,18 @@ fn copy_statement(staging: &str, names: &[String], args: &ImportArgs) -> String 
     format!(
         "COPY {} ({columns}) FROM STDIN WITH (FORMAT csv, HEADER true, DELIMITER {})",
         ident(staging),
-        literal(&args.delimiter.to_string())
+        literal(&(file.delimiter as char).to_string())
     )
 }
 
 /// A new table (replacing the old one in the same transaction with `replace`).
-fn plan_create(table: &str, file: &FileColumns, replace: bool, args: &ImportArgs) -> Plan {
+fn plan_create(table: &str, file: &FileColumns, replace: bool) -> Plan {
     let staging = staging_name(table);
     let mut definitions: Vec<String> = file
         .names
         .iter()
-        .zip(&file.types)
-        .map(|(name, ty)| format!("{} {}", ident(name), ty.sql()))
+        .zip(&file.sql_types)
+        .map(|(name, ty)| format!("{} {ty}", ident(name)))
         .collect();
     let has_geometry =
         file.types.contains(&ColumnType::Geometry) || file.names.iter().any(|n| n == "the_geom");
@@ -312,7 +431,7 @@ fn plan_create(table: &str, file: &FileColumns, replace: bool, args: &ImportArgs
     Plan {
         table: table.into(),
         prepare: prepare_statement(&staging, &definitions),
-        copy: copy_statement(&staging, &file.names, args),
+        copy: copy_statement(&staging, file),
         finish: finish.join("; "),
         staging,
         appends: false,
@@ -328,6 +447,9 @@ fn plan_append(
     args: &ImportArgs,
 ) -> Result<Plan> {
     let type_of = |name: &str| columns.iter().find(|c| c.name == name).map(|c| &c.ty);
+    if !args.types.is_empty() {
+        bail!("--type sets the types of a new table; rows appended to {table} take its own");
+    }
     if let Some((unknown, all)) = missing_columns(&file.names, columns) {
         bail!(
             "{} has columns {table} does not have: {unknown} (its columns: {all}); nothing \
@@ -356,7 +478,7 @@ fn plan_append(
     Ok(Plan {
         table: table.into(),
         prepare: prepare_statement(&staging, &definitions),
-        copy: copy_statement(&staging, &file.names, args),
+        copy: copy_statement(&staging, file),
         finish: format!(
             "INSERT INTO {} ({}) SELECT {} FROM {}; DROP TABLE {}",
             ident(table),

@@ -339,3 +339,92 @@ pub async fn tables(server: &TestServer, user: &carto_sql_api::testing::TestUser
         .map(|r| r["t"].as_str().unwrap().to_string())
         .collect()
 }
+
+/// `;`, tab and `|` files without `--delimiter`; `--delimiter tab`; codes keep their zeros;
+/// `--type` overrides; the chosen types and renamed columns are printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delimiters_are_detected_and_types_are_shown_and_overridable() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rows = [
+        ["Name", "Postal Code", "population", "lat", "lon"],
+        ["Abc", "08001", "1620343", "41.38", "2.17"],
+        ["abcdé;x", "007", "5", "40.4", "-3.7"],
+    ];
+    for (i, (delimiter, shown)) in [(";", "';'"), ("\t", "tab"), ("|", "'|'")]
+        .into_iter()
+        .enumerate()
+    {
+        let table = format!("t{i}");
+        let file = dir.path().join(format!("{table}.csv"));
+        let text: String = rows.iter().map(|r| r.join(delimiter) + "\n").collect();
+        std::fs::write(&file, text.replace("abcdé;x", "\"abcdé;x\"")).unwrap();
+        carto(&server, &user, dir.path())
+            .arg("import")
+            .arg(&file)
+            .args(["--type", "population=bigint"])
+            .assert()
+            .success()
+            .stderr(predicate::str::contains(format!(
+                "delimiter {shown} (detected)"
+            )))
+            .stderr(predicate::str::contains(
+                "columns: name text, postal_code text, population bigint, lat numeric, lon numeric",
+            ))
+            .stderr(predicate::str::contains(
+                "renamed: \"Name\" -> name, \"Postal Code\" -> postal_code",
+            ));
+        let answer = sql(
+            &server,
+            &user,
+            &format!(
+                "SELECT name, postal_code, population, ST_AsText(the_geom) AS g, \
+                 pg_typeof(population)::text AS pop_type FROM {table} ORDER BY name"
+            ),
+        )
+        .await;
+        assert_eq!(
+            answer,
+            serde_json::json!([
+                {"name": "Abc", "postal_code": "08001", "population": 1620343, "g": "POINT(2.17 41.38)", "pop_type": "bigint"},
+                {"name": "abcdé;x", "postal_code": "007", "population": 5, "g": "POINT(-3.7 40.4)", "pop_type": "bigint"},
+            ]),
+            "{delimiter:?}"
+        );
+    }
+
+    // Given by name, tab is tab.
+    let tsv = dir.path().join("named.tsv");
+    std::fs::write(&tsv, "a\tb\n1\t2\n").unwrap();
+    for given in ["tab", "\\t"] {
+        carto(&server, &user, dir.path())
+            .arg("import")
+            .arg(&tsv)
+            .args(["--delimiter", given, "--if-exists", "replace"])
+            .assert()
+            .success()
+            .stderr(predicate::str::contains("columns: a integer, b integer"));
+    }
+    // A ;-file read with a given , is refused, not loaded as one column.
+    let semicolons = dir.path().join("semi.csv");
+    std::fs::write(&semicolons, "name;population\nA;1\n").unwrap();
+    carto(&server, &user, dir.path())
+        .arg("import")
+        .arg(&semicolons)
+        .args(["--delimiter", ","])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "is one column, \"name;population\", read with the delimiter ','",
+        ))
+        .stderr(predicate::str::contains("--delimiter ';'"));
+    carto(&server, &user, dir.path())
+        .arg("import")
+        .arg(&semicolons)
+        .args(["--type", "nope=text"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("the file has no column \"nope\""));
+    assert!(!tables(&server, &user).await.contains(&"semi".to_string()));
+}
