@@ -4,6 +4,7 @@
 mod args;
 mod commands;
 mod infer;
+mod interrupt;
 mod output;
 mod profiles;
 mod progress;
@@ -21,19 +22,31 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("carto: {error}");
+            output::error(&format!("carto: {error}"));
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(commands::run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        // `carto copy to - | head` is a success, as for any Unix filter.
-        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("carto: {error:#}");
-            ExitCode::FAILURE
+    let code = runtime.block_on(async {
+        tokio::select! {
+            result = commands::run(cli) => match result {
+                Ok(()) => ExitCode::SUCCESS,
+                // `carto copy to - | head` is a success, as for any Unix filter.
+                Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
+                Err(error) => {
+                    output::error(&format!("carto: {error:#}"));
+                    ExitCode::FAILURE
+                }
+            },
+            status = interrupt::signalled() => {
+                // The command's future is gone: what it was doing stopped where it was.
+                output::error(&format!("carto: {}", interrupt::finish().await));
+                ExitCode::from(status)
+            }
         }
-    }
+    });
+    // A read of stdin may still block a thread of the runtime: do not wait for it.
+    runtime.shutdown_background();
+    code
 }
 
 fn is_broken_pipe(error: &anyhow::Error) -> bool {

@@ -50,6 +50,12 @@ impl Output {
     }
 }
 
+/// Writes an error line on stderr. Never panics (as `eprintln!` does when stderr is gone,
+/// e.g. a closed pipe): there is nowhere left to report that.
+pub fn error(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 /// Human-readable bytes.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];

@@ -1,6 +1,6 @@
 //! Progress bars for transfers, fed by the SDK's progress callbacks.
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressFinish, ProgressStyle};
 
 /// A bar (or spinner, when the size is unknown) on stderr, and the SDK callback that moves it.
 /// Both are `None` when bars are off.
@@ -23,6 +23,8 @@ pub fn transfer_bar(
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         ),
     };
+    // Dropped unfinished (an interrupted command), the bar is erased, not left on screen.
+    let bar = bar.with_finish(ProgressFinish::AndClear);
     let moved = bar.clone();
     let callback = carto::Progress::new(move |update| {
         moved.set_position(update.bytes);

@@ -103,6 +103,14 @@ pub async fn run(global: &Global, output: Output, args: ImportArgs) -> Result<()
 /// Loads the file through the staging table; on any failure drops the staging table.
 async fn import(client: &carto::Client, output: Output, plan: &Plan, file: &Path) -> Result<()> {
     let sql = client.sql();
+    let drop_staging = format!("DROP TABLE IF EXISTS {}", ident(&plan.staging));
+    crate::interrupt::on_interrupt(
+        format!("nothing imported into {}", plan.table),
+        Some(crate::interrupt::run_sql(
+            client.clone(),
+            drop_staging.clone(),
+        )),
+    );
     sql.send(&plan.prepare)
         .await
         .context("creating the staging table")?;
@@ -110,9 +118,7 @@ async fn import(client: &carto::Client, output: Output, plan: &Plan, file: &Path
     let (rows, time) = match loaded {
         Ok(done) => done,
         Err(error) => {
-            let _ = sql
-                .send(&format!("DROP TABLE IF EXISTS {}", ident(&plan.staging)))
-                .await;
+            let _ = sql.send(&drop_staging).await;
             return Err(error.context(format!(
                 "importing {} (nothing was imported)",
                 file.display()

@@ -20,6 +20,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         quiet: cli.global.quiet,
         json: cli.global.json,
     };
+    if let Some(note) = interrupted_note(&cli.command) {
+        crate::interrupt::on_interrupt(note, None);
+    }
     match cli.command {
         Command::Copy(command) => copy::run(&cli.global, output, command).await,
         Command::Sql(args) => sql::run(&cli.global, output, args).await,
@@ -28,6 +31,22 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Import(args) => import::run(&cli.global, output, args).await,
         Command::Profile(command) => profile::run(&cli.global, output, command),
         Command::Server { args } => server::run(args),
+    }
+}
+
+/// What an interruption of `command` leaves, as far as it is known before it starts (the
+/// commands that stage work say more as they go).
+fn interrupted_note(command: &Command) -> Option<String> {
+    match command {
+        Command::Copy(crate::args::CopyCommand::From(_)) => {
+            Some("nothing committed (the upload was aborted)".into())
+        }
+        Command::Copy(crate::args::CopyCommand::To(args)) if args.file.as_os_str() != "-" => {
+            Some(format!("nothing written to {}", args.file.display()))
+        }
+        Command::Copy(crate::args::CopyCommand::To(_)) => Some("the output is incomplete".into()),
+        Command::Import(_) | Command::Transfer(_) => Some("nothing committed".into()),
+        _ => None,
     }
 }
 

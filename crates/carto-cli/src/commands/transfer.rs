@@ -41,6 +41,13 @@ pub async fn run(output: Output, args: TransferArgs) -> Result<()> {
             .send(&create)
             .await
             .context("creating the destination table")?;
+        crate::interrupt::on_interrupt(
+            format!("nothing committed ({target} was dropped at the destination)"),
+            Some(crate::interrupt::run_sql(
+                destination.clone(),
+                format!("DROP TABLE {target}"),
+            )),
+        );
     }
 
     let source_sql = match &args.query {
@@ -72,6 +79,18 @@ pub async fn run(output: Output, args: TransferArgs) -> Result<()> {
         }
     };
 
+    crate::interrupt::on_interrupt(
+        format!(
+            "{} rows were copied into {target}{}",
+            outcome.total_rows,
+            if args.create {
+                ", which may not be cartodbfied"
+            } else {
+                ""
+            }
+        ),
+        None,
+    );
     if args.create {
         output.note(&format!("cartodbfying {target}"));
         let cartodbfy = format!(

@@ -3,7 +3,7 @@
 use carto_sql_api::testing::TestServer;
 use predicates::prelude::*;
 
-use crate::support::{carto, sql, text};
+use crate::support::{carto, process, sql, text};
 
 const MIXED: &str = "id,Name,score,active,born,seen,wkt\n\
 1,\"Smith, Anna\",3.5,true,1990-01-02,2024-01-01 10:00:00+01,SRID=4326;POINT(2.17 41.38)\n\
@@ -254,17 +254,14 @@ async fn a_killed_import_leaves_no_table_and_the_next_one_works() {
     let server = TestServer::start().await;
     let user = server.create_user().await;
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("big.csv");
-    std::fs::write(&file, big_csv(1_000_000)).unwrap();
-    let mut import = import_process(&server, &user, dir.path(), &file);
-    wait_for_staging(&server, &user, &mut import).await;
+    let mut import = big_import(&server, &user, dir.path()).await;
     import.kill().unwrap();
     import.wait().unwrap();
     assert_eq!(tables(&server, &user).await, ["carto_import_big"]);
 
     carto(&server, &user, dir.path())
         .arg("import")
-        .arg(&file)
+        .arg(dir.path().join("big.csv"))
         .assert()
         .success()
         .stderr(predicate::str::contains("imported 1000000 rows"));
@@ -272,7 +269,7 @@ async fn a_killed_import_leaves_no_table_and_the_next_one_works() {
 }
 
 /// `id,name` rows.
-pub fn big_csv(rows: usize) -> String {
+fn big_csv(rows: usize) -> String {
     let mut csv = String::from("id,name\n");
     for i in 0..rows {
         csv.push_str(&format!("{i},name {i}\n"));
@@ -280,31 +277,28 @@ pub fn big_csv(rows: usize) -> String {
     csv
 }
 
-/// `carto import FILE` running in the background.
-pub fn import_process(
+/// `carto import` of a file of a million rows, running in the background, once it is loading
+/// (its staging table exists).
+pub async fn big_import(
     server: &TestServer,
     user: &carto_sql_api::testing::TestUser,
-    config_dir: &std::path::Path,
-    file: &std::path::Path,
+    dir: &std::path::Path,
 ) -> std::process::Child {
-    std::process::Command::new(assert_cmd::cargo::cargo_bin("carto"))
-        .env("CARTO_CONFIG_DIR", config_dir)
-        .args([
-            "--base-url",
-            &server.base_url(user),
-            "--api-key",
-            &user.api_key,
-        ])
+    let file = dir.join("big.csv");
+    std::fs::write(&file, big_csv(1_000_000)).unwrap();
+    let mut import = process(server, user, dir)
         .arg("import")
-        .arg(file)
+        .arg(&file)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap()
+        .unwrap();
+    wait_for_staging(server, user, &mut import).await;
+    import
 }
 
 /// Waits until the import has created its staging table, i.e. it is loading.
-pub async fn wait_for_staging(
+async fn wait_for_staging(
     server: &TestServer,
     user: &carto_sql_api::testing::TestUser,
     import: &mut std::process::Child,

@@ -192,7 +192,9 @@ impl CopyClient {
     /// Without `append` the data goes to a temporary file in the same directory, renamed
     /// to `path` once complete: on failure `path` is untouched (absent if it was).
     /// With `append` the data is appended to `path` (created if absent); on failure the file
-    /// is cut back to its length before the call.
+    /// is cut back to its length before the call. The same holds when the future is dropped
+    /// before it completes (a timeout, Ctrl-C): the temporary file is removed, or the file cut
+    /// back.
     pub async fn copy_to_file(
         &self,
         sql: &str,

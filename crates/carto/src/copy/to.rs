@@ -259,12 +259,14 @@ pub(super) async fn to_file(
             .open(path)
             .await?;
         let before = file.metadata().await?.len();
+        let mut undo = Undo(Some(UndoAction::Truncate(path.to_path_buf(), before)));
         let mut buffered = tokio::io::BufWriter::with_capacity(FILE_BUFFER, &mut file);
         let written = to_writer(copy, sql, &mut buffered).await;
         drop(buffered);
         match written {
             Ok(n) => {
                 file.sync_all().await?;
+                undo.disarm();
                 Ok(n)
             }
             Err(error) => {
@@ -276,21 +278,51 @@ pub(super) async fn to_file(
         }
     } else {
         let temp = temp_path(path);
-        let outcome = async {
-            let mut file = tokio::fs::File::create(&temp).await?;
-            let mut buffered = tokio::io::BufWriter::with_capacity(FILE_BUFFER, &mut file);
-            let n = to_writer(copy, sql, &mut buffered).await?;
-            drop(buffered);
-            file.sync_all().await?;
-            drop(file);
-            tokio::fs::rename(&temp, path).await?;
-            Ok::<_, Error>(n)
+        let mut undo = Undo(Some(UndoAction::Remove(temp.clone())));
+        let mut file = tokio::fs::File::create(&temp).await?;
+        let mut buffered = tokio::io::BufWriter::with_capacity(FILE_BUFFER, &mut file);
+        let n = to_writer(copy, sql, &mut buffered).await?;
+        drop(buffered);
+        file.sync_all().await?;
+        drop(file);
+        tokio::fs::rename(&temp, path).await?;
+        undo.disarm();
+        Ok(n)
+    }
+}
+
+/// What leaves a file as it was before a download into it, done when the download does not
+/// complete: on an error, and also when its future is dropped (a caller's timeout, Ctrl-C),
+/// where no code after an `.await` runs.
+struct Undo(Option<UndoAction>);
+
+enum UndoAction {
+    /// Remove the temporary file.
+    Remove(PathBuf),
+    /// Cut the appended-to file back to its length before the download.
+    Truncate(PathBuf, u64),
+}
+
+impl Undo {
+    /// The download completed: keep the file.
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        match self.0.take() {
+            Some(UndoAction::Remove(path)) => {
+                let _ = std::fs::remove_file(path);
+            }
+            Some(UndoAction::Truncate(path, len)) => {
+                if let Ok(file) = std::fs::OpenOptions::new().write(true).open(path) {
+                    let _ = file.set_len(len);
+                }
+            }
+            None => {}
         }
-        .await;
-        if outcome.is_err() {
-            let _ = tokio::fs::remove_file(&temp).await;
-        }
-        outcome
     }
 }
 
