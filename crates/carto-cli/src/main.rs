@@ -34,6 +34,9 @@ fn main() -> ExitCode {
                 Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
                 Err(error) => {
                     output::error(&format!("carto: {error:#}"));
+                    if let Some(hint) = commands::hint(&error) {
+                        output::error(&format!("carto: {hint}"));
+                    }
                     ExitCode::FAILURE
                 }
             },

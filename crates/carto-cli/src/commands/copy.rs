@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
-use super::{client, ident, literal, missing_columns, table_columns};
+use super::{client, ident, literal, missing_columns, naming_file, table_columns};
 use crate::args::{
     CopyCommand, CopyFromArgs, CopyToArgs, DataFormat, Global, TableOptions, Target,
 };
@@ -72,8 +72,11 @@ async fn copy_from(global: &Global, output: Output, mut args: CopyFromArgs) -> R
             Some(stdin) => copy.copy_from_reader(&sql, stdin).await,
             None => copy.copy_from_reader(&sql, tokio::io::stdin()).await,
         }
+        .map_err(anyhow::Error::from)
     } else {
-        copy.copy_from_file(&sql, &args.file).await
+        copy.copy_from_file(&sql, &args.file)
+            .await
+            .map_err(|e| naming_file(e, "reading", &args.file))
     };
     if let Some(bar) = bar {
         bar.finish_and_clear();
@@ -110,9 +113,11 @@ async fn copy_to(global: &Global, output: Output, args: CopyToArgs) -> Result<()
         let mut stdout = tokio::io::stdout();
         let written = copy.copy_to_writer(&sql, &mut stdout).await;
         tokio::io::AsyncWriteExt::flush(&mut stdout).await?;
-        written
+        written.map_err(anyhow::Error::from)
     } else {
-        copy.copy_to_file(&sql, &args.file, args.append).await
+        copy.copy_to_file(&sql, &args.file, args.append)
+            .await
+            .map_err(|e| naming_file(e, "writing", &args.file))
     };
     if let Some(bar) = bar {
         bar.finish_and_clear();

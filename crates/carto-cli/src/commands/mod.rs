@@ -8,6 +8,8 @@ mod server;
 mod sql;
 mod transfer;
 
+use std::sync::Mutex;
+
 use anyhow::{bail, Result};
 use serde::Deserialize;
 
@@ -52,7 +54,50 @@ fn interrupted_note(command: &Command) -> Option<String> {
 
 /// A client for the credentials of this run.
 fn client(global: &crate::args::Global) -> Result<carto::Client> {
-    Ok(carto::Client::new(crate::profiles::resolve(global)?)?)
+    client_for(crate::profiles::resolve(global)?)
+}
+
+/// Servers this run talks to (`scheme://host:port`), to name them when one cannot be reached.
+static SERVERS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// A client for `credentials`, its server remembered for [`hint`].
+fn client_for(credentials: carto::Credentials) -> Result<carto::Client> {
+    let origin = credentials.base_url().origin().ascii_serialization();
+    let mut servers = SERVERS.lock().unwrap_or_else(|e| e.into_inner());
+    if !servers.contains(&origin) {
+        servers.push(origin);
+    }
+    Ok(carto::Client::new(credentials)?)
+}
+
+/// A line that helps with `error` when the message alone does not: for a refused
+/// connection, which server was tried and what usually is the matter.
+pub fn hint(error: &anyhow::Error) -> Option<String> {
+    let refused = error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+    });
+    if !refused {
+        return None;
+    }
+    let servers = SERVERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .join(" or ");
+    Some(format!(
+        "nothing answers at {servers}: is carto-sql-api running there? (start it with \
+         `carto-sql-api serve`; the URL comes from --base-url, --profile or CARTO_API_URL)"
+    ))
+}
+
+/// An SDK error, naming `path` when reading or writing it is what failed.
+fn naming_file(error: carto::Error, doing: &str, path: &std::path::Path) -> anyhow::Error {
+    if error.is_io() {
+        anyhow::Error::new(error).context(format!("{doing} {}", path.display()))
+    } else {
+        error.into()
+    }
 }
 
 /// Quotes `value` as an SQL string literal.

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ident, literal, table_columns};
+use super::{client_for, ident, literal, table_columns};
 use crate::args::{TransferArgs, TransferFormat};
 use crate::output::Output;
 use crate::profiles::account;
@@ -17,8 +17,8 @@ struct Count {
 }
 
 pub async fn run(output: Output, args: TransferArgs) -> Result<()> {
-    let source = carto::Client::new(account(&args.from, args.from_api_key.as_deref())?)?;
-    let destination = carto::Client::new(account(&args.to, args.to_api_key.as_deref())?)?;
+    let source = client_for(account(&args.from, args.from_api_key.as_deref())?)?;
+    let destination = client_for(account(&args.to, args.to_api_key.as_deref())?)?;
     let target = args.as_name.clone().unwrap_or_else(|| args.table.clone());
     let format = match args.format {
         TransferFormat::Binary => "binary",

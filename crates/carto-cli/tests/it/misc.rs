@@ -243,3 +243,58 @@ async fn progress_bars_only_on_a_terminal() {
     assert!(shown.contains("ETA"), "no progress bar drawn: {shown}");
     assert!(shown.contains("copied 200000 rows"), "{shown}");
 }
+
+/// Errors say where: the server that does not answer, the file that cannot be written, the
+/// account URL to use instead of an API URL; and a key alone goes to the configured URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_name_the_server_the_file_and_the_right_url() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    let dir = tempfile::tempdir().unwrap();
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    bare(dir.path())
+        .args([
+            "--base-url",
+            &format!("http://127.0.0.1:{closed_port}/user/a/"),
+        ])
+        .args(["--api-key", "k", "sql", "SELECT 1"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(format!(
+            "nothing answers at http://127.0.0.1:{closed_port}: is carto-sql-api running there?"
+        )));
+
+    let missing = dir.path().join("no-such-dir").join("out.csv");
+    carto(&server, &user, dir.path())
+        .args(["copy", "to"])
+        .arg(&missing)
+        .args(["--query", "COPY (SELECT 1) TO STDOUT"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(format!(
+            "writing {}",
+            missing.display()
+        )));
+
+    let api_url = format!("{}api/v2", server.base_url(&user));
+    bare(dir.path())
+        .args(["--base-url", &api_url, "--api-key", &user.api_key])
+        .args(["sql", "SELECT 1"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(format!(
+            "points at the API: give the account's URL, without /api/v2 (try {})",
+            server.base_url(&user)
+        )));
+
+    bare(dir.path())
+        .env("CARTO_API_URL", server.base_url(&user))
+        .args(["--api-key", &user.api_key, "sql", "SELECT 9 AS n"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("\"n\":9"));
+}
