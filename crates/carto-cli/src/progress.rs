@@ -1,4 +1,5 @@
-//! Progress bars for transfers, fed by the SDK's progress callbacks.
+//! Progress bars for transfers, fed by the SDK's progress callbacks. Sizes in decimal units
+//! (kB, MB), as the summaries print them.
 
 use indicatif::{ProgressBar, ProgressFinish, ProgressStyle};
 
@@ -14,13 +15,15 @@ pub fn transfer_bar(
     let bar = match total {
         Some(total) => ProgressBar::new(total).with_style(
             ProgressStyle::with_template(
-                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+                "{bar:40} {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec} ETA {eta}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         ),
         None => ProgressBar::new_spinner().with_style(
-            ProgressStyle::with_template("{spinner} {bytes} {bytes_per_sec} {elapsed}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            ProgressStyle::with_template(
+                "{spinner} {decimal_bytes} {decimal_bytes_per_sec} {elapsed}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         ),
     };
     // Dropped unfinished (an interrupted command), the bar is erased, not left on screen.

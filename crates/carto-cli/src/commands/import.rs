@@ -92,7 +92,7 @@ pub async fn run(global: &Global, output: Output, args: ImportArgs) -> Result<()
     };
     if args.dry_run {
         for statement in [&plan.prepare, &plan.copy, &plan.finish] {
-            println!("{statement};");
+            output.data(format!("{statement};\n").as_bytes())?;
         }
         return Ok(());
     }

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use carto_sql_api::testing::TestServer;
 use predicates::prelude::*;
 
-use crate::support::{bare, carto, sql};
+use crate::support::{bare, carto, process, sql};
 
 #[test]
 fn missing_credentials_name_all_three_ways() {
@@ -180,16 +180,21 @@ async fn batch_jobs_run_and_failures_carry_their_reason() {
         .stderr(predicate::str::contains(
             "relation \"nonexistent_table\" does not exist",
         ));
-    // Without --wait the job is created and left to run.
-    carto(&server, &user, dir.path())
+    // Without --wait the job is created and left to run, and said so once.
+    let created = carto(&server, &user, dir.path())
         .args(["batch", "SELECT 1"])
         .assert()
         .success()
-        .stderr(
-            predicate::str::contains("pending")
-                .or(predicate::str::contains("running"))
-                .or(predicate::str::contains("done")),
-        );
+        .get_output()
+        .clone();
+    let said = String::from_utf8_lossy(&created.stderr).into_owned();
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(
+        ["pending", "running", "done"]
+            .iter()
+            .any(|status| said.ends_with(&format!(" {status}\n"))),
+        "{said}"
+    );
 }
 
 /// A bar on a terminal (run under `script`, which gives the command a pseudo-terminal), and
@@ -241,7 +246,41 @@ async fn progress_bars_only_on_a_terminal() {
     let shown = String::from_utf8_lossy(&on_terminal.stdout);
     assert!(on_terminal.status.success(), "{shown}");
     assert!(shown.contains("ETA"), "no progress bar drawn: {shown}");
+    // One unit: the bar's and the summary's are both decimal.
+    assert!(shown.contains(" MB/s"), "{shown}");
+    assert!(!shown.contains("iB"), "binary units: {shown}");
     assert!(shown.contains("copied 200000 rows"), "{shown}");
+    let size = std::fs::metadata(&file).unwrap().len() as f64 / 1e6;
+    assert!(shown.contains(&format!("({size:.2} MB)")), "{shown}");
+}
+
+/// With stderr closed (`carto ... 2>&1 | head` once head is gone), the work is done and the
+/// exit status is the command's, not a panic's 101.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stderr_changes_nothing_but_the_report() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    let dir = tempfile::tempdir().unwrap();
+    sql(&server, &user, "CREATE TABLE t (id int)").await;
+    std::fs::write(dir.path().join("t.csv"), "1\n2\n").unwrap();
+    let run = |args: &[&str]| {
+        let mut child = process(&server, &user, dir.path())
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reading end goes away before carto has anything to say.
+        drop(child.stderr.take());
+        child.wait().unwrap().code()
+    };
+    let file = dir.path().join("t.csv").display().to_string();
+    assert_eq!(run(&["copy", "from", &file, "--table", "t"]), Some(0));
+    assert_eq!(run(&["sql", "SELECT * FROM nope"]), Some(1));
+    assert_eq!(
+        sql(&server, &user, "SELECT count(*) AS n FROM t").await[0]["n"],
+        2
+    );
 }
 
 /// Errors say where: the server that does not answer, the file that cannot be written, the
