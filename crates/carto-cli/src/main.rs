@@ -8,6 +8,7 @@ mod interrupt;
 mod output;
 mod profiles;
 mod progress;
+mod rows;
 
 use std::process::ExitCode;
 

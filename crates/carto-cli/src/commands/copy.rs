@@ -3,8 +3,9 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use futures::StreamExt;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use super::{client, ident, literal, missing_columns, naming_file, table_columns};
 use crate::args::{
@@ -13,6 +14,7 @@ use crate::args::{
 use crate::infer::{column_names, LATITUDE_NAMES, LONGITUDE_NAMES};
 use crate::output::{bytes, Output};
 use crate::progress::transfer_bar;
+use crate::rows::{self, RowCounter};
 
 pub async fn run(global: &Global, output: Output, command: CopyCommand) -> Result<()> {
     match command {
@@ -108,14 +110,13 @@ async fn copy_to(global: &Global, output: Output, args: CopyToArgs) -> Result<()
     if let Some(progress) = progress {
         copy = copy.with_progress(progress);
     }
+    let (layout, header) = rows::layout_of(&sql);
+    let mut counter = RowCounter::new(layout, header);
     let started = std::time::Instant::now();
     let written = if to_stdout {
-        let mut stdout = tokio::io::stdout();
-        let written = copy.copy_to_writer(&sql, &mut stdout).await;
-        tokio::io::AsyncWriteExt::flush(&mut stdout).await?;
-        written.map_err(anyhow::Error::from)
+        write_stdout(&copy, &sql, &mut counter).await
     } else {
-        copy.copy_to_file(&sql, &args.file, args.append)
+        copy.copy_to_file_inspecting(&sql, &args.file, args.append, |chunk| counter.feed(chunk))
             .await
             .map_err(|e| naming_file(e, "writing", &args.file))
     };
@@ -124,9 +125,11 @@ async fn copy_to(global: &Global, output: Output, args: CopyToArgs) -> Result<()
     }
     let written = written?;
     let seconds = started.elapsed().as_secs_f64();
+    let rows = counter.rows();
     output.result(
         &format!(
-            "wrote {} to {} in {seconds:.2} s",
+            "wrote {}{} to {} in {seconds:.2} s",
+            rows.map(|n| format!("{n} rows, ")).unwrap_or_default(),
             bytes(written),
             if to_stdout {
                 "stdout".into()
@@ -134,10 +137,29 @@ async fn copy_to(global: &Global, output: Output, args: CopyToArgs) -> Result<()
                 args.file.display().to_string()
             }
         ),
-        json!({ "bytes": written, "time": seconds, "file": args.file }),
+        json!({ "rows": rows, "bytes": written, "time": seconds, "file": args.file }),
         to_stdout,
     );
     Ok(())
+}
+
+/// Streams the output of `sql` to stdout, counting its rows; the bytes written.
+async fn write_stdout(
+    copy: &carto::CopyClient,
+    sql: &str,
+    counter: &mut RowCounter,
+) -> Result<u64> {
+    let mut stream = copy.copy_to(sql).await?;
+    let mut stdout = tokio::io::stdout();
+    let mut written = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        counter.feed(&chunk);
+        stdout.write_all(&chunk).await?;
+        written += chunk.len() as u64;
+    }
+    stdout.flush().await?;
+    Ok(written)
 }
 
 /// The delimiter of a CSV file as the csv crate takes it.

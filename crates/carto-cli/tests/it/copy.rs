@@ -38,12 +38,13 @@ async fn from_a_file_and_back_with_and_without_gzip() {
     carto(&server, &user, dir.path())
         .args(["copy", "to"])
         .arg(&out)
-        .args(["--query", "COPY (SELECT id, name, ST_AsEWKT(the_geom) AS the_geom FROM t ORDER BY id LIMIT 3) TO STDOUT WITH (FORMAT csv, HEADER true)"])
+        .args(["--query", "COPY (SELECT id, name || E'\\n\"x\"' AS name, ST_AsEWKT(the_geom) AS the_geom FROM t ORDER BY id LIMIT 3) TO STDOUT WITH (FORMAT csv, HEADER true)"])
         .assert()
-        .success();
+        .success()
+        .stderr(predicate::str::contains("wrote 3 rows, "));
     assert_eq!(
         std::fs::read_to_string(&out).unwrap(),
-        "id,name,the_geom\n1,\"a, b\",SRID=4326;POINT(1 2)\n1,\"a, b\",SRID=4326;POINT(1 2)\n2,,\n"
+        "id,name,the_geom\n1,\"a, b\n\"\"x\"\"\",SRID=4326;POINT(1 2)\n1,\"a, b\n\"\"x\"\"\",SRID=4326;POINT(1 2)\n2,,\n"
     );
 
     carto(&server, &user, dir.path())
@@ -60,7 +61,8 @@ async fn from_a_file_and_back_with_and_without_gzip() {
             "--no-compress",
         ])
         .assert()
-        .success();
+        .success()
+        .stderr(predicate::str::contains("wrote 6 rows, "));
     let appended = std::fs::read_to_string(&out).unwrap();
     assert!(appended.ends_with("1\n2\n3\n1\n2\n3\n"), "{appended}");
 }
@@ -88,7 +90,8 @@ async fn stdin_and_stdout_pipe() {
         .args(["copy", "to", "-", "--query", "COPY t TO STDOUT"])
         .assert()
         .success()
-        .stdout("1\tone\n2\ttwo\n");
+        .stdout("1\tone\n2\ttwo\n")
+        .stderr(predicate::str::contains("wrote 2 rows, 12 B to stdout"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

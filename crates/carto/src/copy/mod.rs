@@ -201,6 +201,18 @@ impl CopyClient {
         path: impl AsRef<Path>,
         append: bool,
     ) -> Result<u64> {
-        to::to_file(self, sql, path.as_ref(), append).await
+        to::to_file(self, sql, path.as_ref(), append, &mut |_| {}).await
+    }
+
+    /// [`copy_to_file`](Self::copy_to_file), showing each chunk of data to `inspect` before
+    /// it is written (e.g. to count rows), with the same all-or-nothing file.
+    pub async fn copy_to_file_inspecting(
+        &self,
+        sql: &str,
+        path: impl AsRef<Path>,
+        append: bool,
+        mut inspect: impl FnMut(&[u8]) + Send,
+    ) -> Result<u64> {
+        to::to_file(self, sql, path.as_ref(), append, &mut inspect).await
     }
 }

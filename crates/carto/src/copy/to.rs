@@ -235,10 +235,24 @@ pub(super) async fn to_writer<W>(copy: &CopyClient, sql: &str, writer: &mut W) -
 where
     W: AsyncWrite + Unpin + ?Sized,
 {
+    to_writer_inspecting(copy, sql, writer, &mut |_| {}).await
+}
+
+/// [`to_writer`], showing each chunk to `inspect` before writing it.
+async fn to_writer_inspecting<W>(
+    copy: &CopyClient,
+    sql: &str,
+    writer: &mut W,
+    inspect: &mut (dyn FnMut(&[u8]) + Send),
+) -> Result<u64>
+where
+    W: AsyncWrite + Unpin + ?Sized,
+{
     let mut stream = start(copy, sql).await?;
     let mut written = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
+        inspect(&chunk);
         writer.write_all(&chunk).await?;
         written += chunk.len() as u64;
     }
@@ -251,6 +265,7 @@ pub(super) async fn to_file(
     sql: &str,
     path: &Path,
     append: bool,
+    inspect: &mut (dyn FnMut(&[u8]) + Send),
 ) -> Result<u64> {
     if append {
         let mut file = tokio::fs::OpenOptions::new()
@@ -261,7 +276,7 @@ pub(super) async fn to_file(
         let before = file.metadata().await?.len();
         let mut undo = Undo(Some(UndoAction::Truncate(path.to_path_buf(), before)));
         let mut buffered = tokio::io::BufWriter::with_capacity(FILE_BUFFER, &mut file);
-        let written = to_writer(copy, sql, &mut buffered).await;
+        let written = to_writer_inspecting(copy, sql, &mut buffered, inspect).await;
         drop(buffered);
         match written {
             Ok(n) => {
@@ -281,7 +296,7 @@ pub(super) async fn to_file(
         let mut undo = Undo(Some(UndoAction::Remove(temp.clone())));
         let mut file = tokio::fs::File::create(&temp).await?;
         let mut buffered = tokio::io::BufWriter::with_capacity(FILE_BUFFER, &mut file);
-        let n = to_writer(copy, sql, &mut buffered).await?;
+        let n = to_writer_inspecting(copy, sql, &mut buffered, inspect).await?;
         drop(buffered);
         file.sync_all().await?;
         drop(file);
