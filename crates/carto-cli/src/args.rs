@@ -2,14 +2,27 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 /// Move data into and out of CARTO (or any CARTO-compatible SQL API) at PostgreSQL's speed.
 ///
 /// Credentials come from --base-url and --api-key, else from --profile NAME, else from
 /// CARTO_API_URL and CARTO_API_KEY, else from the profile named "default".
 #[derive(Debug, Parser)]
-#[command(name = "carto", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "carto",
+    version,
+    about,
+    long_about = None,
+    propagate_version = true,
+    after_help = "Examples:
+  carto profile add alice --base-url http://127.0.0.1:8080/user/alice/ --api-key secret
+  carto --profile alice import cities.csv
+  carto --profile alice sql \"SELECT name, ST_AsText(the_geom) FROM cities LIMIT 3\"
+  carto --profile alice copy to cities.csv --table cities --header
+
+Each command's --help has more examples."
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -17,23 +30,26 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The help heading of the options every subcommand takes.
+const GLOBAL: &str = "Global options (before or after the subcommand)";
+
 /// Options every subcommand takes, before or after its name.
 #[derive(Debug, Args)]
 pub struct Global {
     /// Account base URL: https://USER.carto.com/ or https://HOST/user/USER/.
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(long, global = true, value_name = "URL", help_heading = GLOBAL)]
     pub base_url: Option<String>,
     /// API key of the account (a master key for writes and batch jobs).
-    #[arg(long, global = true, value_name = "KEY")]
+    #[arg(long, global = true, value_name = "KEY", help_heading = GLOBAL)]
     pub api_key: Option<String>,
     /// Use the credentials of a saved profile (see `carto profile add`).
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(long, global = true, value_name = "NAME", help_heading = GLOBAL)]
     pub profile: Option<String>,
     /// Print nothing but errors (no progress bars, no summaries).
-    #[arg(long, short, global = true)]
+    #[arg(long, short, global = true, help_heading = GLOBAL)]
     pub quiet: bool,
     /// Print results as JSON, one object per line.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
 }
 
@@ -41,18 +57,27 @@ pub struct Global {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Stream data into a table (COPY FROM) or out of it (COPY TO).
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  carto copy from cities.csv --table cities --header
+  carto copy to cities.csv --table cities --header"
+    )]
     Copy(CopyCommand),
     /// Run SQL and print the answer.
+    #[command(after_help = SQL_EXAMPLES)]
     Sql(SqlArgs),
     /// Run SQL as a batch job (for statements that take long).
+    #[command(after_help = BATCH_EXAMPLES)]
     Batch(BatchArgs),
     /// Copy a table or query from one account to another, with no temporary file.
+    #[command(after_help = TRANSFER_EXAMPLES)]
     Transfer(TransferArgs),
     /// Import a CSV file into a new table: infer column types, create, load, cartodbfy.
+    #[command(after_help = IMPORT_EXAMPLES)]
     Import(ImportArgs),
     /// Manage saved credentials.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = PROFILE_ADD_EXAMPLES)]
     Profile(ProfileCommand),
     /// Run the CARTO-compatible server (carto-sql-api) with the given arguments.
     #[command(disable_help_flag = true)]
@@ -63,12 +88,82 @@ pub enum Command {
     },
 }
 
+const COPY_FROM_EXAMPLES: &str = "Examples:
+  carto copy from cities.csv --table cities --header         # columns named by the header
+  carto copy from points.tsv --table points --format text    # tab-separated, in table order
+  gunzip -c big.csv.gz | carto copy from - --table big --header
+  carto copy from t.csv --query \"COPY t (a, b) FROM STDIN WITH (FORMAT csv, HEADER true)\"";
+
+const COPY_TO_EXAMPLES: &str = "Examples:
+  carto copy to cities.csv --table cities --header           # written whole, or not at all
+  carto copy to - --table cities --format text | head
+  carto copy to near.csv --query \"COPY (SELECT name, ST_AsText(the_geom) FROM cities \\
+      WHERE pop > 1000000) TO STDOUT WITH (FORMAT csv, HEADER true)\"";
+
+const SQL_EXAMPLES: &str = "Examples:
+  carto sql \"SELECT name, pop FROM cities ORDER BY pop DESC LIMIT 5\"
+  carto sql \"SELECT * FROM cities\" --format geojson > cities.geojson
+  carto sql \"SELECT count(*) FROM cities\" --format csv";
+
+const BATCH_EXAMPLES: &str = "Examples:
+  carto batch \"UPDATE cities SET pop = pop * 1.01\" --wait
+  carto batch \"CREATE TABLE big_cities AS SELECT * FROM cities WHERE pop > 1000000\" \\
+      \"SELECT CDB_CartodbfyTable(current_schema, 'big_cities')\" --wait";
+
+const TRANSFER_EXAMPLES: &str = "Examples:
+  carto transfer --from alice --to prod --table cities --create
+  carto transfer --from alice --to prod --table cities --query \"SELECT * FROM cities WHERE pop > 1000000\"
+  carto transfer --from https://alice.carto.com/ --from-api-key KEY --to prod --table t --as t_copy --create";
+
+const IMPORT_EXAMPLES: &str = "Examples:
+  carto import cities.csv                                    # table 'cities': types inferred
+  carto import \"More Cities.csv\" --table cities --if-exists append
+  carto import codes.csv --delimiter ';' --type code=text --dry-run";
+
+const PROFILE_ADD_EXAMPLES: &str = "Examples:
+  carto profile add prod --base-url https://alice.carto.com/ --api-key \"$KEY\"
+  carto profile add local --base-url http://127.0.0.1:8080/user/alice/ --api-key secret
+  carto --profile prod sql \"SELECT 1\"";
+
+/// Parses the command line. Options global to `carto` that a subcommand does not use are
+/// hidden from its help: `transfer` names its accounts with --from and --to, and listing or
+/// removing profiles needs no account.
+pub fn parse() -> Cli {
+    let mut command = Cli::command();
+    // Global options are copied into every subcommand when the command is built, except where
+    // the subcommand has its own of that name: a hidden copy there hides it.
+    let hidden: Vec<clap::Arg> = command
+        .get_arguments()
+        .filter(|arg| ["base_url", "api_key", "profile"].contains(&arg.get_id().as_str()))
+        .map(|arg| arg.clone().hide(true))
+        .collect();
+    for path in [
+        &["transfer"][..],
+        &["profile", "list"][..],
+        &["profile", "remove"][..],
+    ] {
+        if let Some(sub) = find(&mut command, path) {
+            *sub = std::mem::take(sub).args(hidden.iter().cloned());
+        }
+    }
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+}
+
+/// The subcommand at `path` (`["profile", "list"]`).
+fn find<'a>(command: &'a mut clap::Command, path: &[&str]) -> Option<&'a mut clap::Command> {
+    path.iter()
+        .try_fold(command, |command, name| command.find_subcommand_mut(name))
+}
+
 /// `carto copy ...`
 #[derive(Debug, Subcommand)]
 pub enum CopyCommand {
     /// Upload FILE (or - for stdin) with COPY ... FROM STDIN.
+    #[command(after_help = COPY_FROM_EXAMPLES)]
     From(CopyFromArgs),
     /// Download into FILE (or - for stdout) with COPY ... TO STDOUT.
+    #[command(after_help = COPY_TO_EXAMPLES)]
     To(CopyToArgs),
 }
 
@@ -76,7 +171,7 @@ pub enum CopyCommand {
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 pub struct Target {
-    /// The COPY statement to run, e.g. "COPY t FROM STDIN WITH (FORMAT csv, HEADER true)".
+    /// The whole COPY statement to run (see the examples below).
     #[arg(long, value_name = "SQL")]
     pub query: Option<String>,
     /// The table to copy (the statement is built from it and the options below).
@@ -295,13 +390,16 @@ fn delimiter(text: &str) -> Result<char, String> {
 pub enum ProfileCommand {
     /// Save the credentials given with --base-url and --api-key under NAME (in a file
     /// readable only by you).
+    #[command(after_help = PROFILE_ADD_EXAMPLES)]
     Add {
         /// Profile name.
         name: String,
     },
     /// List saved profiles (keys are not shown).
+    #[command(after_help = "Examples:\n  carto profile list")]
     List,
     /// Delete a saved profile.
+    #[command(after_help = "Examples:\n  carto profile remove prod")]
     Remove {
         /// Profile name.
         name: String,

@@ -29,7 +29,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Copy(command) => copy::run(&cli.global, output, command).await,
         Command::Sql(args) => sql::run(&cli.global, output, args).await,
         Command::Batch(args) => batch::run(&cli.global, output, args).await,
-        Command::Transfer(args) => transfer::run(output, args).await,
+        Command::Transfer(args) => transfer::run(&cli.global, output, args).await,
         Command::Import(args) => import::run(&cli.global, output, args).await,
         Command::Profile(command) => profile::run(&cli.global, output, command),
         Command::Server { args } => server::run(args),

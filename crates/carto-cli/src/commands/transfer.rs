@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{client_for, ident, literal, table_columns};
-use crate::args::{TransferArgs, TransferFormat};
+use crate::args::{Global, TransferArgs, TransferFormat};
 use crate::output::Output;
 use crate::profiles::account;
 
@@ -16,7 +16,13 @@ struct Count {
     n: u64,
 }
 
-pub async fn run(output: Output, args: TransferArgs) -> Result<()> {
+pub async fn run(global: &Global, output: Output, args: TransferArgs) -> Result<()> {
+    if global.base_url.is_some() || global.api_key.is_some() || global.profile.is_some() {
+        bail!(
+            "transfer names its accounts with --from and --to (a profile, or a URL with \
+             --from-api-key/--to-api-key), not --base-url, --api-key or --profile"
+        );
+    }
     let source = client_for(account(&args.from, args.from_api_key.as_deref())?)?;
     let destination = client_for(account(&args.to, args.to_api_key.as_deref())?)?;
     let target = args.as_name.clone().unwrap_or_else(|| args.table.clone());

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use carto_sql_api::testing::TestServer;
 use predicates::prelude::*;
 
-use crate::support::{bare, carto, process, sql};
+use crate::support::{bare, carto, process, sql, text};
 
 #[test]
 fn missing_credentials_name_all_three_ways() {
@@ -123,24 +123,69 @@ fn server_without_carto_sql_api_says_how_to_get_it() {
         ));
 }
 
+/// Every command's help has examples and lists the global options apart; the examples go
+/// the command's way; options a command does not take are not shown.
 #[test]
 fn help_reads_well() {
     let dir = tempfile::tempdir().unwrap();
+    let help = |args: &[&str]| {
+        let out = bare(dir.path()).args(args).arg("--help").assert().success();
+        text(&out.get_output().stdout)
+    };
     for args in [
-        vec!["--help"],
-        vec!["copy", "from", "--help"],
-        vec!["copy", "to", "--help"],
-        vec!["transfer", "--help"],
-        vec!["import", "--help"],
-        vec!["batch", "--help"],
-        vec!["profile", "add", "--help"],
+        &[][..],
+        &["copy"],
+        &["copy", "from"],
+        &["copy", "to"],
+        &["sql"],
+        &["batch"],
+        &["transfer"],
+        &["import"],
+        &["profile"],
+        &["profile", "add"],
+        &["profile", "list"],
+        &["profile", "remove"],
     ] {
-        bare(dir.path())
-            .args(&args)
-            .assert()
-            .success()
-            .stdout(predicate::str::contains("Usage: carto"));
+        let shown = help(args);
+        assert!(shown.contains("Usage: carto"), "{args:?}: {shown}");
+        assert!(shown.contains("\nExamples:\n  carto "), "{args:?}: {shown}");
+        assert!(
+            shown.contains("\nGlobal options (before or after the subcommand):\n"),
+            "{args:?}: {shown}"
+        );
     }
+    let copy_to = help(&["copy", "to"]);
+    assert!(copy_to.contains("TO STDOUT"), "{copy_to}");
+    assert!(!copy_to.contains("FROM STDIN"), "{copy_to}");
+    let copy_from = help(&["copy", "from"]);
+    assert!(!copy_from.contains("TO STDOUT"), "{copy_from}");
+    // Options after the global heading only.
+    let sql = help(&["sql"]);
+    let global_part = sql.split("Global options").nth(1).unwrap();
+    assert!(global_part.contains("--base-url"), "{sql}");
+    assert!(!sql
+        .split("Global options")
+        .next()
+        .unwrap()
+        .contains("--base-url"));
+    for args in [
+        &["transfer"][..],
+        &["profile", "list"],
+        &["profile", "remove"],
+    ] {
+        let shown = help(args);
+        for hidden in ["--base-url", "--api-key", "--profile"] {
+            assert!(!shown.contains(hidden), "{args:?} shows {hidden}: {shown}");
+        }
+    }
+    bare(dir.path())
+        .args(["transfer", "--from", "a", "--to", "b", "--table", "t"])
+        .args(["--base-url", "http://h/user/u/", "--api-key", "k"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "transfer names its accounts with --from and --to",
+        ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
