@@ -101,7 +101,8 @@ const COPY_TO_EXAMPLES: &str = "Examples:
       WHERE pop > 1000000) TO STDOUT WITH (FORMAT csv, HEADER true)\"";
 
 const SQL_EXAMPLES: &str = "Examples:
-  carto sql \"SELECT name, pop FROM cities ORDER BY pop DESC LIMIT 5\"
+  carto sql \"SELECT name, pop FROM cities ORDER BY pop DESC LIMIT 5\"   # a table on a terminal
+  carto sql \"SELECT * FROM cities\" --format json | jq .rows
   carto sql \"SELECT * FROM cities\" --format geojson > cities.geojson
   carto sql \"SELECT count(*) FROM cities\" --format csv";
 
@@ -251,14 +252,21 @@ pub struct CopyToArgs {
 pub struct SqlArgs {
     /// The SQL to run (several statements allowed).
     pub sql: String,
-    /// Answer format, printed as the server sends it.
-    #[arg(long, value_enum, default_value_t = SqlFormat::Json)]
-    pub format: SqlFormat,
+    /// Answer format: a table for people (the default when stdout is a terminal), or JSON,
+    /// CSV or GeoJSON as the server sends it (JSON is the default on a pipe or in a file).
+    #[arg(long, value_enum)]
+    pub format: Option<SqlFormat>,
+    /// In a table, show every column, the_geom_webmercator too (a copy of the_geom in another
+    /// projection, hidden by default).
+    #[arg(long)]
+    pub all_columns: bool,
 }
 
 /// `/sql` answer formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SqlFormat {
+    /// A table, geometries as WKT.
+    Table,
     /// `{"rows": [...], "fields": {...}, ...}`
     Json,
     /// CSV with a header line.

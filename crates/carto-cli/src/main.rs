@@ -3,6 +3,7 @@
 
 mod args;
 mod commands;
+mod ewkb;
 mod infer;
 mod interrupt;
 mod output;

@@ -382,3 +382,90 @@ async fn errors_name_the_server_the_file_and_the_right_url() {
         .success()
         .stdout(predicate::str::contains("\"n\":9"));
 }
+
+/// At a terminal `carto sql` prints a table with geometries as WKT (as PostGIS's ST_AsText
+/// writes them) and without the_geom_webmercator; on a pipe, JSON as the server sends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_prints_a_table_at_a_terminal() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    let dir = tempfile::tempdir().unwrap();
+    sql(
+        &server,
+        &user,
+        "CREATE TABLE g (cartodb_id serial, name text, the_geom geometry, \
+         the_geom_webmercator geometry); \
+         INSERT INTO g (name, the_geom) VALUES \
+         ('point', 'SRID=4326;POINT(2.17 41.38)'), ('line', 'LINESTRING(0 0,1.5 -2)'), \
+         ('holed', 'POLYGON((0 0,10 0,10 10,0 10,0 0),(1 1,2 1,2 2,1 1))'), \
+         ('multi', 'MULTIPOLYGON(((0 0,1 0,1 1,0 0)),((5 5,6 5,6 6,5 5)))'), \
+         ('points', 'MULTIPOINT(1 2,3 4)'), ('z', 'POINT Z (1 2 3)'), \
+         ('mixed', 'GEOMETRYCOLLECTION(POINT(1 2),LINESTRING(0 0,1 1))'), \
+         ('empty', 'POLYGON EMPTY'), ('none', NULL); \
+         UPDATE g SET the_geom_webmercator = the_geom",
+    )
+    .await;
+    let expected = sql(
+        &server,
+        &user,
+        "SELECT name, coalesce(ST_AsText(the_geom), '') AS wkt FROM g ORDER BY cartodb_id",
+    )
+    .await;
+    let out = carto(&server, &user, dir.path())
+        .args([
+            "sql",
+            "SELECT name, the_geom, the_geom_webmercator FROM g ORDER BY cartodb_id",
+            "--format",
+            "table",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let shown = text(&out.stdout);
+    assert!(!shown.contains("the_geom_webmercator"), "{shown}");
+    assert!(!shown.contains("0101000020"), "{shown}");
+    assert!(shown.ends_with("(9 rows)\n"), "{shown}");
+    for row in expected.as_array().unwrap() {
+        let name = row["name"].as_str().unwrap();
+        let wkt = row["wkt"].as_str().unwrap();
+        assert!(
+            shown
+                .lines()
+                .any(|l| l.starts_with(&format!("│ {name} ")) && l.contains(&format!("┆ {wkt} "))),
+            "{wkt} not shown: {shown}"
+        );
+    }
+    carto(&server, &user, dir.path())
+        .args(["sql", "SELECT the_geom_webmercator FROM g LIMIT 1"])
+        .args(["--format", "table", "--all-columns"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("the_geom_webmercator"));
+
+    // The default: a table at a terminal (under `script`), JSON on a pipe.
+    let on_terminal = std::process::Command::new("script")
+        .args([
+            "-qfec",
+            &format!(
+                "{} --base-url {} --api-key {} sql 'SELECT 7 AS n'",
+                assert_cmd::cargo::cargo_bin("carto").display(),
+                server.base_url(&user),
+                user.api_key
+            ),
+            "/dev/null",
+        ])
+        .env("CARTO_CONFIG_DIR", dir.path())
+        .output()
+        .unwrap();
+    let shown = text(&on_terminal.stdout);
+    assert!(
+        shown.contains("│ 7 │") && shown.contains("(1 row)"),
+        "{shown}"
+    );
+    carto(&server, &user, dir.path())
+        .args(["sql", "SELECT 7 AS n"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("\"rows\":[{\"n\":7}]"));
+}
