@@ -79,6 +79,21 @@ pub enum Command {
     /// Manage saved credentials.
     #[command(subcommand, after_help = PROFILE_ADD_EXAMPLES)]
     Profile(ProfileCommand),
+    /// Print a completion script for SHELL, to source or install.
+    #[command(after_help = "Examples:
+  carto completions bash > /etc/bash_completion.d/carto
+  source <(carto completions bash)                    # this shell only
+  carto completions zsh > \"${fpath[1]}/_carto\"
+  carto completions fish > ~/.config/fish/completions/carto.fish")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print carto's man page (roff), to read with `man -l` or install in a man directory.
+    #[command(after_help = "Examples:
+  carto man | man -l -
+  carto man > /usr/local/share/man/man1/carto.1")]
+    Man,
     /// Run the CARTO-compatible server (carto-sql-api) with the given arguments.
     #[command(disable_help_flag = true)]
     Server {
@@ -126,10 +141,17 @@ const PROFILE_ADD_EXAMPLES: &str = "Examples:
   carto profile add local --base-url http://127.0.0.1:8080/user/alice/ --api-key secret
   carto --profile prod sql \"SELECT 1\"";
 
-/// Parses the command line. Options global to `carto` that a subcommand does not use are
-/// hidden from its help: `transfer` names its accounts with --from and --to, and listing or
-/// removing profiles needs no account.
+/// Parses the command line.
 pub fn parse() -> Cli {
+    let matches = command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+}
+
+/// The command line's definition, as `parse` uses it (and completions and the man page
+/// describe it). Options global to `carto` that a subcommand does not use are hidden from
+/// its help: `transfer` names its accounts with --from and --to, and listing or removing
+/// profiles, completions and the man page need no account.
+pub fn command() -> clap::Command {
     let mut command = Cli::command();
     // Global options are copied into every subcommand when the command is built, except where
     // the subcommand has its own of that name: a hidden copy there hides it.
@@ -142,13 +164,14 @@ pub fn parse() -> Cli {
         &["transfer"][..],
         &["profile", "list"][..],
         &["profile", "remove"][..],
+        &["completions"][..],
+        &["man"][..],
     ] {
         if let Some(sub) = find(&mut command, path) {
             *sub = std::mem::take(sub).args(hidden.iter().cloned());
         }
     }
-    let matches = command.get_matches();
-    Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+    command
 }
 
 /// The subcommand at `path` (`["profile", "list"]`).

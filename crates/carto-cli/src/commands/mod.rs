@@ -33,6 +33,16 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Import(args) => import::run(&cli.global, output, args).await,
         Command::Profile(command) => profile::run(&cli.global, output, command),
         Command::Server { args } => server::run(args),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut crate::args::command(), "carto", &mut script);
+            Ok(output.data(&script)?)
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(crate::args::command()).render(&mut page)?;
+            Ok(output.data(&page)?)
+        }
     }
 }
 

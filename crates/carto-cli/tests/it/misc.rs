@@ -145,6 +145,8 @@ fn help_reads_well() {
         &["profile", "add"],
         &["profile", "list"],
         &["profile", "remove"],
+        &["completions"],
+        &["man"],
     ] {
         let shown = help(args);
         assert!(shown.contains("Usage: carto"), "{args:?}: {shown}");
@@ -172,6 +174,8 @@ fn help_reads_well() {
         &["transfer"][..],
         &["profile", "list"],
         &["profile", "remove"],
+        &["completions"],
+        &["man"],
     ] {
         let shown = help(args);
         for hidden in ["--base-url", "--api-key", "--profile"] {
@@ -468,4 +472,51 @@ async fn sql_prints_a_table_at_a_terminal() {
         .assert()
         .success()
         .stdout(predicate::str::contains("\"rows\":[{\"n\":7}]"));
+}
+
+/// Completions and the man page come from the same definition as the parser.
+#[test]
+fn completions_and_a_man_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = bare(dir.path())
+        .args(["completions", "bash"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let script_file = dir.path().join("carto.bash");
+    std::fs::write(&script_file, script).unwrap();
+    // What bash offers after `carto imp<TAB>` and `carto import --if-exists <TAB>`.
+    let completed = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {}; \
+             COMP_WORDS=(carto imp); COMP_CWORD=1; _carto carto imp carto; echo \"${{COMPREPLY[*]}}\"; \
+             COMP_WORDS=(carto import --if-exists ''); COMP_CWORD=3; _carto carto '' --if-exists; \
+             echo \"${{COMPREPLY[*]}}\"",
+            script_file.display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&completed.stdout),
+        "import\nfail replace append\n",
+        "{}",
+        text(&completed.stderr)
+    );
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        bare(dir.path())
+            .args(["completions", shell])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("import"));
+    }
+    bare(dir.path())
+        .arg("man")
+        .assert()
+        .success()
+        .stdout(predicate::str::starts_with(".ie"))
+        .stdout(predicate::str::contains(".TH carto 1"))
+        .stdout(predicate::str::contains("carto\\-import(1)"));
 }
