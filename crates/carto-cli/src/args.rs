@@ -73,7 +73,7 @@ pub enum Command {
     /// Copy a table or query from one account to another, with no temporary file.
     #[command(after_help = TRANSFER_EXAMPLES)]
     Transfer(TransferArgs),
-    /// Import a CSV file into a new table: infer column types, create, load, cartodbfy.
+    /// Import a CSV or GeoJSON file into a table: infer column types, create, load, cartodbfy.
     #[command(after_help = IMPORT_EXAMPLES)]
     Import(ImportArgs),
     /// Manage saved credentials.
@@ -134,7 +134,8 @@ const TRANSFER_EXAMPLES: &str = "Examples:
 const IMPORT_EXAMPLES: &str = "Examples:
   carto import cities.csv                                    # table 'cities': types inferred
   carto import \"More Cities.csv\" --table cities --if-exists append
-  carto import codes.csv --delimiter ';' --type code=text --dry-run";
+  carto import codes.csv --delimiter ';' --type code=text --dry-run
+  carto import parks.geojson --if-exists replace             # properties and geometries";
 
 const PROFILE_ADD_EXAMPLES: &str = "Examples:
   carto profile add prod --base-url https://alice.carto.com/ --api-key \"$KEY\"
@@ -366,7 +367,8 @@ pub enum TransferFormat {
 /// `carto import`
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// The CSV file (with a header line).
+    /// The file: CSV with a header line, or GeoJSON (*.geojson, *.json: a FeatureCollection
+    /// or a Feature, read into memory whole).
     pub file: PathBuf,
     /// Name of the table: lower-case letters, digits and _ (default: the file's name, made
     /// into one, e.g. "More Cities.csv" -> more_cities).

@@ -4,6 +4,7 @@
 mod args;
 mod commands;
 mod ewkb;
+mod geojson;
 mod infer;
 mod interrupt;
 mod output;

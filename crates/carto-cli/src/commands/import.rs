@@ -41,6 +41,8 @@ struct FileColumns {
     types: Vec<ColumnType>,
     sql_types: Vec<String>,
     delimiter: u8,
+    /// Made from GeoJSON: `the_geom` holds GeoJSON text.
+    geojson: bool,
 }
 
 #[derive(Deserialize)]
@@ -53,18 +55,28 @@ pub async fn run(global: &Global, output: Output, args: ImportArgs) -> Result<()
     if args.table.is_none() {
         output.note(&format!("table {table} (from the file's name)"));
     }
+    let converted = if crate::geojson::is_geojson(&args.file) {
+        Some(crate::geojson::to_csv(&args.file)?)
+    } else {
+        None
+    };
+    let source = converted
+        .as_ref()
+        .map_or(args.file.as_path(), |csv| csv.path());
     let delimiter = match args.delimiter {
+        _ if converted.is_some() => b',',
         // The argument parser takes only ASCII.
         Some(c) => c as u8,
         None => {
-            let found = detect_delimiter(&args.file)?;
+            let found = detect_delimiter(source)?;
             if found != b',' {
                 output.note(&format!("delimiter {} (detected)", describe(found)));
             }
             found
         }
     };
-    let file = read_columns(&args, delimiter)?;
+    let mut file = read_columns(&args, source, delimiter)?;
+    file.geojson = converted.is_some();
     report_columns(output, &file);
 
     // A dry run of a create needs no server; an append must see the table's columns.
@@ -97,11 +109,17 @@ pub async fn run(global: &Global, output: Output, args: ImportArgs) -> Result<()
         return Ok(());
     }
     let client = client.expect("a client for a run that is not dry");
-    import(&client, output, &plan, &args.file).await
+    import(&client, output, &plan, source, &args.file).await
 }
 
 /// Loads the file through the staging table; on any failure drops the staging table.
-async fn import(client: &carto::Client, output: Output, plan: &Plan, file: &Path) -> Result<()> {
+async fn import(
+    client: &carto::Client,
+    output: Output,
+    plan: &Plan,
+    source: &Path,
+    file: &Path,
+) -> Result<()> {
     let sql = client.sql();
     let drop_staging = format!("DROP TABLE IF EXISTS {}", ident(&plan.staging));
     crate::interrupt::on_interrupt(
@@ -114,7 +132,7 @@ async fn import(client: &carto::Client, output: Output, plan: &Plan, file: &Path
     sql.send(&plan.prepare)
         .await
         .context("creating the staging table")?;
-    let loaded = load(client, output, plan, file).await;
+    let loaded = load(client, output, plan, source, file).await;
     let (rows, time) = match loaded {
         Ok(done) => done,
         Err(error) => {
@@ -125,7 +143,7 @@ async fn import(client: &carto::Client, output: Output, plan: &Plan, file: &Path
             )));
         }
     };
-    let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    let size = std::fs::metadata(source).map(|m| m.len()).unwrap_or(0);
     output.result(
         &format!(
             "{} {rows} rows ({}) {} {} in {time:.2} s",
@@ -140,14 +158,16 @@ async fn import(client: &carto::Client, output: Output, plan: &Plan, file: &Path
     Ok(())
 }
 
-/// COPY into the staging table, then the finishing transaction; the rows and seconds.
+/// COPY of `source` (the file, or the CSV made of it) into the staging table, then the
+/// finishing transaction; the rows and seconds.
 async fn load(
     client: &carto::Client,
     output: Output,
     plan: &Plan,
+    source: &Path,
     file: &Path,
 ) -> Result<(u64, f64)> {
-    let size = std::fs::metadata(file)
+    let size = std::fs::metadata(source)
         .with_context(|| format!("reading {}", file.display()))?
         .len();
     let (bar, progress) = transfer_bar(output.bars(), Some(size));
@@ -156,7 +176,7 @@ async fn load(
         copy = copy.with_progress(progress);
     }
     let started = std::time::Instant::now();
-    let loaded = copy.copy_from_file(&plan.copy, file).await;
+    let loaded = copy.copy_from_file(&plan.copy, source).await;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -285,12 +305,13 @@ fn describe(delimiter: u8) -> String {
     }
 }
 
-/// Reads the header and a sample of rows, infers the columns, applies `--type`.
-fn read_columns(args: &ImportArgs, delimiter: u8) -> Result<FileColumns> {
+/// Reads the header and a sample of rows of `source` (the file, or the CSV made of it), infers
+/// the columns, applies `--type`.
+fn read_columns(args: &ImportArgs, source: &Path, delimiter: u8) -> Result<FileColumns> {
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .flexible(true)
-        .from_path(&args.file)
+        .from_path(source)
         .with_context(|| format!("reading {}", args.file.display()))?;
     let header: Vec<String> = reader
         .headers()
@@ -353,6 +374,7 @@ fn read_columns(args: &ImportArgs, delimiter: u8) -> Result<FileColumns> {
         types,
         sql_types,
         delimiter,
+        geojson: false,
     })
 }
 
@@ -421,6 +443,13 @@ fn plan_create(table: &str, file: &FileColumns, replace: bool) -> Plan {
         ident(&staging),
         ident(table)
     ));
+    if file.geojson {
+        finish.push(format!(
+            "ALTER TABLE {} ALTER COLUMN the_geom TYPE geometry(Geometry, 4326) \
+             USING ST_SetSRID(ST_GeomFromGeoJSON(the_geom), 4326)",
+            ident(table)
+        ));
+    }
     if let Some((lon, lat)) = lon_lat(&file.names, &file.types).filter(|_| !has_geometry) {
         definitions.push("the_geom geometry(Point, 4326)".into());
         finish.push(format!(
@@ -455,6 +484,9 @@ fn plan_append(
     let type_of = |name: &str| columns.iter().find(|c| c.name == name).map(|c| &c.ty);
     if !args.types.is_empty() {
         bail!("--type sets the types of a new table; rows appended to {table} take its own");
+    }
+    if file.geojson {
+        bail!("appending GeoJSON to an existing table is not supported yet: import it into a new table");
     }
     if let Some((unknown, all)) = missing_columns(&file.names, columns) {
         bail!(

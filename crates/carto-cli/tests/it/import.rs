@@ -422,3 +422,60 @@ async fn delimiters_are_detected_and_types_are_shown_and_overridable() {
         .stderr(predicate::str::contains("the file has no column \"nope\""));
     assert!(!tables(&server, &user).await.contains(&"semi".to_string()));
 }
+
+/// A GeoJSON FeatureCollection: properties become typed columns, geometries the_geom.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_geojson_file() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("places.geojson");
+    std::fs::write(
+        &file,
+        r#"{"type": "FeatureCollection", "features": [
+          {"type": "Feature", "geometry": {"type": "Point", "coordinates": [2.17, 41.38]},
+           "properties": {"name": "Barcelona, \"BCN\"", "pop": 1620343, "code": "08001", "tags": ["a", "b"]}},
+          {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]},
+           "properties": {"name": "Triangle", "pop": 3.5, "extra": true}},
+          {"type": "Feature", "geometry": null, "properties": {"name": "Nowhere"}}
+        ]}"#,
+    )
+    .unwrap();
+    carto(&server, &user, dir.path())
+        .arg("import")
+        .arg(&file)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "columns: the_geom text, name text, pop numeric, code text, tags text, extra boolean",
+        ))
+        .stderr(predicate::str::contains("imported 3 rows"));
+    let rows = sql(
+        &server,
+        &user,
+        "SELECT name, pop, code, tags, extra, ST_AsText(the_geom) AS g, ST_SRID(the_geom) AS srid, \
+         cartodb_id FROM places ORDER BY cartodb_id",
+    )
+    .await;
+    assert_eq!(
+        rows,
+        serde_json::json!([
+            {"name": "Barcelona, \"BCN\"", "pop": 1620343, "code": "08001", "tags": "[\"a\",\"b\"]", "extra": null, "g": "POINT(2.17 41.38)", "srid": 4326, "cartodb_id": 1},
+            {"name": "Triangle", "pop": 3.5, "code": null, "tags": null, "extra": true, "g": "POLYGON((0 0,1 0,1 1,0 0))", "srid": 4326, "cartodb_id": 2},
+            {"name": "Nowhere", "pop": null, "code": null, "tags": null, "extra": null, "g": null, "srid": null, "cartodb_id": 3},
+        ])
+    );
+    std::fs::write(
+        dir.path().join("bad.geojson"),
+        r#"{"type": "Point", "coordinates": [1, 2]}"#,
+    )
+    .unwrap();
+    carto(&server, &user, dir.path())
+        .arg("import")
+        .arg(dir.path().join("bad.geojson"))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains(
+            "expected a GeoJSON FeatureCollection or Feature, found type \"Point\"",
+        ));
+}
