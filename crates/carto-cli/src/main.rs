@@ -28,21 +28,26 @@ fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(async {
-        tokio::select! {
-            result = commands::run(cli) => match result {
-                Ok(()) => ExitCode::SUCCESS,
-                // `carto copy to - | head` is a success, as for any Unix filter.
-                Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
-                Err(error) => {
-                    output::error(&format!("carto: {error:#}"));
-                    if let Some(hint) = commands::hint(&error) {
-                        output::error(&format!("carto: {hint}"));
-                    }
-                    ExitCode::FAILURE
+        // The command's future is dropped at the end of this statement when the signal wins:
+        // what it was doing stops where it was (its bar erased, an upload aborted) before
+        // anything is undone or said.
+        let finished = tokio::select! {
+            result = commands::run(cli) => Ok(result),
+            status = interrupt::signalled() => Err(status),
+        };
+        match finished {
+            Ok(Ok(())) => ExitCode::SUCCESS,
+            // `carto copy to - | head` is a success, as for any Unix filter.
+            Ok(Err(error)) if is_broken_pipe(&error) => ExitCode::SUCCESS,
+            Ok(Err(error)) => {
+                output::error(&format!("carto: {error:#}"));
+                if let Some(hint) = commands::hint(&error) {
+                    output::error(&format!("carto: {hint}"));
                 }
-            },
-            status = interrupt::signalled() => {
-                // The command's future is gone: what it was doing stopped where it was.
+                ExitCode::FAILURE
+            }
+            Err(status) => {
+                progress::erase();
                 output::error(&format!("carto: {}", interrupt::finish().await));
                 ExitCode::from(status)
             }

@@ -100,3 +100,80 @@ async fn an_interrupted_upload_commits_nothing() {
         0
     );
 }
+
+/// At a terminal (under `script`), an interrupted upload erases its progress bar before it
+/// says what it left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_bar_is_erased() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    let dir = tempfile::tempdir().unwrap();
+    sql(&server, &user, "CREATE TABLE t (id int)").await;
+    // A FIFO that is never closed keeps the upload going until it is interrupted.
+    let fifo = dir.path().join("rows");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let command = format!(
+        "exec {} --base-url {} --api-key {} copy from - --table t --format text < {}",
+        assert_cmd::cargo::cargo_bin("carto").display(),
+        server.base_url(&user),
+        user.api_key,
+        fifo.display()
+    );
+    let terminal = std::process::Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .env("CARTO_CONFIG_DIR", dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let rows: String = (0..100_000).map(|i| format!("{i}\n")).collect();
+    writer.write_all(rows.as_bytes()).unwrap();
+    let running =
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE query LIKE 'COPY t FROM STDIN%'";
+    while sql(&server, &user, running).await[0]["n"] == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // carto runs in the terminal's session: signal it, as Ctrl-C there would.
+    // (Its command line starts with the binary; script's, which holds the same words,
+    // with "script".)
+    let carto = std::process::Command::new("pgrep")
+        .args([
+            "-f",
+            &format!(
+                "^{} --base-url {} ",
+                assert_cmd::cargo::cargo_bin("carto").display(),
+                server.base_url(&user)
+            ),
+        ])
+        .output()
+        .unwrap();
+    let pid = String::from_utf8_lossy(&carto.stdout).trim().to_string();
+    assert!(pid.parse::<u32>().is_ok(), "not one carto process: {pid:?}");
+    assert!(std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = terminal.wait_with_output().unwrap();
+    drop(writer);
+    let shown = text(&out.stdout);
+    let (before, after) = shown
+        .rsplit_once("carto: interrupted — nothing committed")
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!(before.contains("B/s"), "no bar was drawn: {shown:?}");
+    // The last thing before the message erases the bar's line.
+    let last_bar = before.rfind("B/s").unwrap();
+    assert!(
+        before[last_bar..].contains("\u{1b}[2K"),
+        "the bar was left on screen: {shown:?}"
+    );
+    assert!(!after.contains("B/s"), "{shown:?}");
+    assert_eq!(
+        sql(&server, &user, "SELECT count(*) AS n FROM t").await[0]["n"],
+        0
+    );
+}
