@@ -13,7 +13,6 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --workspace
-echo "== the README's Quick start, as written"
 bash scripts/readme-quickstart.sh
 if [ -f scripts/python-tests.sh ]; then
     echo "== python tests (carto-python against the server)"
