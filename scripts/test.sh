@@ -13,6 +13,7 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test"
 cargo test --workspace
+bash scripts/readme-quickstart.sh
 if [ -f scripts/python-tests.sh ]; then
     echo "== python tests (carto-python against the server)"
     bash scripts/python-tests.sh

@@ -2,14 +2,27 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 /// Move data into and out of CARTO (or any CARTO-compatible SQL API) at PostgreSQL's speed.
 ///
 /// Credentials come from --base-url and --api-key, else from --profile NAME, else from
 /// CARTO_API_URL and CARTO_API_KEY, else from the profile named "default".
 #[derive(Debug, Parser)]
-#[command(name = "carto", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "carto",
+    version,
+    about,
+    long_about = None,
+    propagate_version = true,
+    after_help = "Examples:
+  carto profile add alice --base-url http://127.0.0.1:8080/user/alice/ --api-key secret
+  carto --profile alice import cities.csv
+  carto --profile alice sql \"SELECT name, ST_AsText(the_geom) FROM cities LIMIT 3\"
+  carto --profile alice copy to cities.csv --table cities --header
+
+Each command's --help has more examples."
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -17,23 +30,26 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The help heading of the options every subcommand takes.
+const GLOBAL: &str = "Global options (before or after the subcommand)";
+
 /// Options every subcommand takes, before or after its name.
 #[derive(Debug, Args)]
 pub struct Global {
     /// Account base URL: https://USER.carto.com/ or https://HOST/user/USER/.
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(long, global = true, value_name = "URL", help_heading = GLOBAL)]
     pub base_url: Option<String>,
     /// API key of the account (a master key for writes and batch jobs).
-    #[arg(long, global = true, value_name = "KEY")]
+    #[arg(long, global = true, value_name = "KEY", help_heading = GLOBAL)]
     pub api_key: Option<String>,
     /// Use the credentials of a saved profile (see `carto profile add`).
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(long, global = true, value_name = "NAME", help_heading = GLOBAL)]
     pub profile: Option<String>,
     /// Print nothing but errors (no progress bars, no summaries).
-    #[arg(long, short, global = true)]
+    #[arg(long, short, global = true, help_heading = GLOBAL)]
     pub quiet: bool,
     /// Print results as JSON, one object per line.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
 }
 
@@ -41,19 +57,43 @@ pub struct Global {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Stream data into a table (COPY FROM) or out of it (COPY TO).
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  carto copy from cities.csv --table cities --header
+  carto copy to cities.csv --table cities --header"
+    )]
     Copy(CopyCommand),
     /// Run SQL and print the answer.
+    #[command(after_help = SQL_EXAMPLES)]
     Sql(SqlArgs),
     /// Run SQL as a batch job (for statements that take long).
+    #[command(after_help = BATCH_EXAMPLES)]
     Batch(BatchArgs),
     /// Copy a table or query from one account to another, with no temporary file.
+    #[command(after_help = TRANSFER_EXAMPLES)]
     Transfer(TransferArgs),
-    /// Import a CSV file into a new table: infer column types, create, load, cartodbfy.
+    /// Import a CSV or GeoJSON file into a table: infer column types, create, load, cartodbfy.
+    #[command(after_help = IMPORT_EXAMPLES)]
     Import(ImportArgs),
     /// Manage saved credentials.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = PROFILE_ADD_EXAMPLES)]
     Profile(ProfileCommand),
+    /// Print a completion script for SHELL, to source or install.
+    #[command(after_help = "Examples:
+  carto completions bash > /etc/bash_completion.d/carto
+  source <(carto completions bash)                    # this shell only
+  carto completions zsh > \"${fpath[1]}/_carto\"
+  carto completions fish > ~/.config/fish/completions/carto.fish")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print carto's man page (roff), to read with `man -l` or install in a man directory.
+    #[command(after_help = "Examples:
+  carto man | man -l -
+  carto man > /usr/local/share/man/man1/carto.1")]
+    Man,
     /// Run the CARTO-compatible server (carto-sql-api) with the given arguments.
     #[command(disable_help_flag = true)]
     Server {
@@ -63,12 +103,92 @@ pub enum Command {
     },
 }
 
+const COPY_FROM_EXAMPLES: &str = "Examples:
+  carto copy from cities.csv --table cities --header         # columns named by the header
+  carto copy from points.tsv --table points --format text    # tab-separated, in table order
+  gunzip -c big.csv.gz | carto copy from - --table big --header
+  carto copy from t.csv --query \"COPY t (a, b) FROM STDIN WITH (FORMAT csv, HEADER true)\"";
+
+const COPY_TO_EXAMPLES: &str = "Examples:
+  carto copy to cities.csv --table cities --header           # written whole, or not at all
+  carto copy to - --table cities --format text | head
+  carto copy to near.csv --query \"COPY (SELECT name, ST_AsText(the_geom) FROM cities \\
+      WHERE pop > 1000000) TO STDOUT WITH (FORMAT csv, HEADER true)\"";
+
+const SQL_EXAMPLES: &str = "Examples:
+  carto sql \"SELECT name, pop FROM cities ORDER BY pop DESC LIMIT 5\"   # a table on a terminal
+  carto sql \"SELECT * FROM cities\" --format json | jq .rows
+  carto sql \"SELECT * FROM cities\" --format geojson > cities.geojson
+  carto sql \"SELECT count(*) FROM cities\" --format csv";
+
+const BATCH_EXAMPLES: &str = "Examples:
+  carto batch \"UPDATE cities SET pop = pop * 1.01\" --wait
+  carto batch \"CREATE TABLE big_cities AS SELECT * FROM cities WHERE pop > 1000000\" \\
+      \"SELECT CDB_CartodbfyTable(current_schema, 'big_cities')\" --wait";
+
+const TRANSFER_EXAMPLES: &str = "Examples:
+  carto transfer --from alice --to prod --table cities --create
+  carto transfer --from alice --to prod --table cities --query \"SELECT * FROM cities WHERE pop > 1000000\"
+  carto transfer --from https://alice.carto.com/ --from-api-key KEY --to prod --table t --as t_copy --create";
+
+const IMPORT_EXAMPLES: &str = "Examples:
+  carto import cities.csv                                    # table 'cities': types inferred
+  carto import \"More Cities.csv\" --table cities --if-exists append
+  carto import codes.csv --delimiter ';' --type code=text --dry-run
+  carto import parks.geojson --if-exists replace             # properties and geometries";
+
+const PROFILE_ADD_EXAMPLES: &str = "Examples:
+  carto profile add prod --base-url https://alice.carto.com/ --api-key \"$KEY\"
+  carto profile add local --base-url http://127.0.0.1:8080/user/alice/ --api-key secret
+  carto --profile prod sql \"SELECT 1\"";
+
+/// Parses the command line.
+pub fn parse() -> Cli {
+    let matches = command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+}
+
+/// The command line's definition, as `parse` uses it (and completions and the man page
+/// describe it). Options global to `carto` that a subcommand does not use are hidden from
+/// its help: `transfer` names its accounts with --from and --to, and listing or removing
+/// profiles, completions and the man page need no account.
+pub fn command() -> clap::Command {
+    let mut command = Cli::command();
+    // Global options are copied into every subcommand when the command is built, except where
+    // the subcommand has its own of that name: a hidden copy there hides it.
+    let hidden: Vec<clap::Arg> = command
+        .get_arguments()
+        .filter(|arg| ["base_url", "api_key", "profile"].contains(&arg.get_id().as_str()))
+        .map(|arg| arg.clone().hide(true))
+        .collect();
+    for path in [
+        &["transfer"][..],
+        &["profile", "list"][..],
+        &["profile", "remove"][..],
+        &["completions"][..],
+        &["man"][..],
+    ] {
+        if let Some(sub) = find(&mut command, path) {
+            *sub = std::mem::take(sub).args(hidden.iter().cloned());
+        }
+    }
+    command
+}
+
+/// The subcommand at `path` (`["profile", "list"]`).
+fn find<'a>(command: &'a mut clap::Command, path: &[&str]) -> Option<&'a mut clap::Command> {
+    path.iter()
+        .try_fold(command, |command, name| command.find_subcommand_mut(name))
+}
+
 /// `carto copy ...`
 #[derive(Debug, Subcommand)]
 pub enum CopyCommand {
     /// Upload FILE (or - for stdin) with COPY ... FROM STDIN.
+    #[command(after_help = COPY_FROM_EXAMPLES)]
     From(CopyFromArgs),
     /// Download into FILE (or - for stdout) with COPY ... TO STDOUT.
+    #[command(after_help = COPY_TO_EXAMPLES)]
     To(CopyToArgs),
 }
 
@@ -76,7 +196,7 @@ pub enum CopyCommand {
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 pub struct Target {
-    /// The COPY statement to run, e.g. "COPY t FROM STDIN WITH (FORMAT csv, HEADER true)".
+    /// The whole COPY statement to run (see the examples below).
     #[arg(long, value_name = "SQL")]
     pub query: Option<String>,
     /// The table to copy (the statement is built from it and the options below).
@@ -96,8 +216,8 @@ pub struct TableOptions {
     /// The data has (or gets) a header line (CSV only).
     #[arg(long)]
     pub header: bool,
-    /// Field delimiter (CSV and text).
-    #[arg(long, value_name = "CHAR")]
+    /// Field delimiter (CSV and text): one ASCII character, or tab.
+    #[arg(long, value_name = "CHAR", value_parser = delimiter)]
     pub delimiter: Option<char>,
 }
 
@@ -156,14 +276,21 @@ pub struct CopyToArgs {
 pub struct SqlArgs {
     /// The SQL to run (several statements allowed).
     pub sql: String,
-    /// Answer format, printed as the server sends it.
-    #[arg(long, value_enum, default_value_t = SqlFormat::Json)]
-    pub format: SqlFormat,
+    /// Answer format: a table for people (the default when stdout is a terminal), or JSON,
+    /// CSV or GeoJSON as the server sends it (JSON is the default on a pipe or in a file).
+    #[arg(long, value_enum)]
+    pub format: Option<SqlFormat>,
+    /// In a table, show every column, the_geom_webmercator too (a copy of the_geom in another
+    /// projection, hidden by default).
+    #[arg(long)]
+    pub all_columns: bool,
 }
 
 /// `/sql` answer formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SqlFormat {
+    /// A table, geometries as WKT.
+    Table,
     /// `{"rows": [...], "fields": {...}, ...}`
     Json,
     /// CSV with a header line.
@@ -240,20 +367,55 @@ pub enum TransferFormat {
 /// `carto import`
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// The CSV file (with a header line).
+    /// The file: CSV with a header line, or GeoJSON (*.geojson, *.json: a FeatureCollection
+    /// or a Feature, read into memory whole).
     pub file: PathBuf,
-    /// Name of the table to create.
+    /// Name of the table: lower-case letters, digits and _ (default: the file's name, made
+    /// into one, e.g. "More Cities.csv" -> more_cities).
     #[arg(long)]
-    pub table: String,
+    pub table: Option<String>,
+    /// What to do when the table exists: fail, replace it, or append the file's rows to it.
+    #[arg(long, value_enum, default_value_t = IfExists::Fail)]
+    pub if_exists: IfExists,
     /// Print the statements instead of running them.
     #[arg(long)]
     pub dry_run: bool,
-    /// Field delimiter.
-    #[arg(long, default_value_t = ',', value_name = "CHAR")]
-    pub delimiter: char,
+    /// Field delimiter: one ASCII character, or tab (default: whichever of , ; tab | splits
+    /// the first lines into the same number of fields).
+    #[arg(long, value_name = "CHAR", value_parser = delimiter)]
+    pub delimiter: Option<char>,
+    /// The SQL type of a column instead of the inferred one, e.g. --type code=text (COLUMN
+    /// as in the header or as renamed). Repeatable.
+    #[arg(long = "type", value_name = "COLUMN=TYPE")]
+    pub types: Vec<String>,
     /// Rows read to infer column types.
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub sample: usize,
+}
+
+/// What `carto import` does with a table that exists (ogr2ogr's `-overwrite`, `-append`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IfExists {
+    /// Stop before loading anything.
+    Fail,
+    /// Replace the table with the file's rows, in one transaction.
+    Replace,
+    /// Add the file's rows to the table (its columns must take them).
+    Append,
+}
+
+/// A field delimiter: one ASCII character (not a quote or a line break), or `tab`/`\t`.
+fn delimiter(text: &str) -> Result<char, String> {
+    match text {
+        "tab" | "\\t" | "\t" => Ok('\t'),
+        _ => {
+            let mut chars = text.chars();
+            match (chars.next(), chars.next()) {
+                (Some(c), None) if c.is_ascii() && !matches!(c, '"' | '\n' | '\r') => Ok(c),
+                _ => Err("one ASCII character (not a quote or a line break), or tab".into()),
+            }
+        }
+    }
 }
 
 /// `carto profile ...`
@@ -261,13 +423,16 @@ pub struct ImportArgs {
 pub enum ProfileCommand {
     /// Save the credentials given with --base-url and --api-key under NAME (in a file
     /// readable only by you).
+    #[command(after_help = PROFILE_ADD_EXAMPLES)]
     Add {
         /// Profile name.
         name: String,
     },
     /// List saved profiles (keys are not shown).
+    #[command(after_help = "Examples:\n  carto profile list")]
     List,
     /// Delete a saved profile.
+    #[command(after_help = "Examples:\n  carto profile remove prod")]
     Remove {
         /// Profile name.
         name: String,

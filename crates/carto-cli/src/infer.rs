@@ -60,6 +60,9 @@ fn classify(value: &str) -> Option<ColumnType> {
     }
     Some(if is_boolean(v) {
         ColumnType::Boolean
+    } else if has_leading_zero(v) {
+        // Codes (007, 08001): a number would lose the zeros.
+        ColumnType::Text
     } else if let Ok(n) = v.parse::<i64>() {
         if i32::try_from(n).is_ok() {
             ColumnType::Integer
@@ -110,6 +113,15 @@ pub fn infer(columns: usize, rows: &[Vec<String>]) -> Vec<ColumnType> {
         .collect()
 }
 
+/// `007`, `-01.5`: digits after a leading 0, which only text keeps.
+fn has_leading_zero(v: &str) -> bool {
+    let digits = v.strip_prefix(['-', '+']).unwrap_or(v).as_bytes();
+    digits.len() > 1
+        && digits[0] == b'0'
+        && digits[1].is_ascii_digit()
+        && digits.iter().all(|b| b.is_ascii_digit() || *b == b'.')
+}
+
 fn is_boolean(v: &str) -> bool {
     ["true", "false", "t", "f", "yes", "no"]
         .iter()
@@ -118,13 +130,10 @@ fn is_boolean(v: &str) -> bool {
 
 /// `-12.5`, `3.`, `.5`, `1e-3`: what PostgreSQL's numeric input takes (no NaN/Infinity, which
 /// in a CSV are more likely text).
-// Slices at ASCII characters just found or checked, so on character boundaries.
-// TODO(cli): made safe in the CLI work
-#[allow(clippy::string_slice)]
 fn is_decimal(v: &str) -> bool {
     let v = v.strip_prefix(['-', '+']).unwrap_or(v);
-    let (mantissa, exponent) = match v.find(['e', 'E']) {
-        Some(pos) => (&v[..pos], Some(&v[pos + 1..])),
+    let (mantissa, exponent) = match v.split_once(['e', 'E']) {
+        Some((mantissa, exponent)) => (mantissa, Some(exponent)),
         None => (v, None),
     };
     let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
@@ -138,9 +147,6 @@ fn is_decimal(v: &str) -> bool {
 }
 
 /// `YYYY-MM-DD`, optionally followed by ` ` or `T`, `HH:MM[:SS[.fff]]`, and an offset.
-// Slices at ASCII characters just found or checked, so on character boundaries.
-// TODO(cli): made safe in the CLI work
-#[allow(clippy::string_slice)]
 fn datetime_kind(v: &str) -> Option<ColumnType> {
     let b = v.as_bytes();
     let date_ok = b.len() >= 10
@@ -149,8 +155,8 @@ fn datetime_kind(v: &str) -> Option<ColumnType> {
         && b[5..7].iter().all(u8::is_ascii_digit)
         && b[7] == b'-'
         && b[8..10].iter().all(u8::is_ascii_digit)
-        && (1..=12).contains(&v[5..7].parse::<u32>().ok()?)
-        && (1..=31).contains(&v[8..10].parse::<u32>().ok()?);
+        && (1..=12).contains(&v.get(5..7)?.parse::<u32>().ok()?)
+        && (1..=31).contains(&v.get(8..10)?.parse::<u32>().ok()?);
     if !date_ok {
         return None;
     }
@@ -160,7 +166,7 @@ fn datetime_kind(v: &str) -> Option<ColumnType> {
     if b[10] != b' ' && b[10] != b'T' {
         return None;
     }
-    let rest = &v[11..];
+    let rest = v.get(11..)?;
     let time_len = rest
         .bytes()
         .take_while(|c| c.is_ascii_digit() || *c == b':' || *c == b'.')
@@ -178,7 +184,10 @@ fn datetime_kind(v: &str) -> Option<ColumnType> {
         "" => Some(ColumnType::Timestamp),
         "Z" | "z" => Some(ColumnType::TimestampTz),
         _ if (zone.starts_with('+') || zone.starts_with('-'))
-            && zone[1..].bytes().all(|c| c.is_ascii_digit() || c == b':')
+            && zone
+                .bytes()
+                .skip(1)
+                .all(|c| c.is_ascii_digit() || c == b':')
             && zone.len() >= 3 =>
         {
             Some(ColumnType::TimestampTz)
@@ -197,19 +206,18 @@ const GEOMETRY_KEYWORDS: [&str; 7] = [
     "GEOMETRYCOLLECTION",
 ];
 
+/// `SRID=` at the start, compared by bytes: the value may have any characters after it.
+fn is_srid_prefix(text: &str) -> bool {
+    text.as_bytes()
+        .get(..5)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"SRID="))
+}
+
 /// WKT or EWKT (`SRID=4326;POINT(1 2)`), or hex EWKB as PostGIS prints it.
-// Slices at ASCII characters just found or checked, so on character boundaries.
-// TODO(cli): made safe in the CLI work
-#[allow(clippy::string_slice)]
 fn is_geometry(v: &str) -> bool {
     let wkt = match v.split_once(';') {
-        // `get`: byte 5 of a value such as `abcdé;x` falls inside a character.
-        Some((srid, rest))
-            if srid.len() > 5
-                && srid
-                    .get(..5)
-                    .is_some_and(|p| p.eq_ignore_ascii_case("SRID=")) =>
-        {
+        // By bytes: byte 5 of a value such as `abcdé;x` falls inside a character.
+        Some((srid, rest)) if srid.len() > 5 && is_srid_prefix(srid) => {
             if !srid.bytes().skip(5).all(|c| c.is_ascii_digit()) {
                 return false;
             }
@@ -224,7 +232,7 @@ fn is_geometry(v: &str) -> bool {
         .filter(|k| upper.starts_with(*k))
         .max_by_key(|k| k.len());
     if let Some(keyword) = keyword {
-        let rest = upper[keyword.len()..].trim_start();
+        let rest = upper.get(keyword.len()..).unwrap_or_default().trim_start();
         let rest = rest
             .strip_prefix("ZM")
             .or_else(|| rest.strip_prefix('Z'))
@@ -275,6 +283,11 @@ pub fn column_names(header: &[String]) -> Vec<String> {
     names
 }
 
+/// Names people give a longitude column.
+pub const LONGITUDE_NAMES: [&str; 5] = ["lon", "lng", "long", "longitude", "x"];
+/// Names people give a latitude column.
+pub const LATITUDE_NAMES: [&str; 3] = ["lat", "latitude", "y"];
+
 /// The (longitude, latitude) columns, by the names people give them, when both are numbers.
 pub fn lon_lat(names: &[String], types: &[ColumnType]) -> Option<(usize, usize)> {
     let find = |candidates: &[&str]| {
@@ -283,8 +296,8 @@ pub fn lon_lat(names: &[String], types: &[ColumnType]) -> Option<(usize, usize)>
             .position(|n| candidates.contains(&n.as_str()))
             .filter(|&i| types[i].is_number())
     };
-    let lon = find(&["lon", "lng", "long", "longitude", "x"])?;
-    let lat = find(&["lat", "latitude", "y"])?;
+    let lon = find(&LONGITUDE_NAMES)?;
+    let lat = find(&LATITUDE_NAMES)?;
     Some((lon, lat))
 }
 
@@ -316,6 +329,14 @@ mod tests {
         assert_eq!(column(&["", ""]), Text);
         assert_eq!(column(&["1.2.3"]), Text);
         assert_eq!(column(&["NaN"]), Text);
+        assert_eq!(column(&["007", "12"]), Text);
+        assert_eq!(column(&["-01.5"]), Text);
+        assert_eq!(column(&["0", "0.5", "-0.25"]), Numeric);
+    }
+
+    #[test]
+    fn any_text_before_a_semicolon() {
+        assert_eq!(column(&["abcdé;x", "é;", "SRIDé;POINT(1 2)"]), Text);
     }
 
     #[test]

@@ -17,23 +17,26 @@ pub struct Output {
 impl Output {
     /// Reports a result: `text` for people, `value` for `--json`. `stdout_is_data` when the
     /// command writes its data to stdout, so the report must not mix with it.
+    ///
+    /// Reports are written as `error` writes: a closed stdout or stderr loses the report,
+    /// not the work already done.
     pub fn result(&self, text: &str, value: Value, stdout_is_data: bool) {
         if self.json {
             let line = value.to_string();
             if stdout_is_data {
-                eprintln!("{line}");
+                error(&line);
             } else {
-                println!("{line}");
+                let _ = writeln!(std::io::stdout().lock(), "{line}");
             }
         } else if !self.quiet {
-            eprintln!("{text}");
+            error(text);
         }
     }
 
     /// A progress note for people (never in `--json` or `--quiet` mode).
     pub fn note(&self, text: &str) {
         if !self.quiet && !self.json {
-            eprintln!("{text}");
+            error(text);
         }
     }
 
@@ -50,18 +53,13 @@ impl Output {
     }
 }
 
-/// Human-readable bytes.
+/// Writes a line on stderr. Never panics (as `eprintln!` does when stderr is gone, e.g. a
+/// closed pipe, which made carto exit 101): there is nowhere left to report that.
+pub fn error(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// Human-readable bytes, in the decimal units the progress bars use (`1.50 MB`).
 pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit < UNITS.len() - 1 {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    indicatif::DecimalBytes(n).to_string()
 }

@@ -105,9 +105,19 @@ pub fn resolve(global: &Global) -> Result<carto::Credentials> {
     let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let (url, key) = match (&global.base_url, &global.api_key, &global.profile) {
         (Some(url), Some(key), _) => (url.clone(), key.clone()),
-        (Some(_), None, _) | (None, Some(_), None) => {
-            bail!("--base-url and --api-key go together: {HOW_TO}")
-        }
+        // A URL alone could send a key saved for one account to another host.
+        (Some(_), None, _) => bail!("--base-url needs --api-key: {HOW_TO}"),
+        // A key alone goes to the URL configured for this run.
+        (None, Some(key), None) => match from_env("CARTO_API_URL") {
+            Some(url) => (url, key.clone()),
+            None => match Profiles::load()?.get("default") {
+                Some(profile) => (profile.base_url.clone(), key.clone()),
+                None => bail!(
+                    "--api-key without a URL: give --base-url, set CARTO_API_URL or save a \
+                     profile named 'default'"
+                ),
+            },
+        },
         (None, key, Some(name)) => {
             let profile = Profiles::load()?
                 .get(name)
@@ -124,7 +134,34 @@ pub fn resolve(global: &Global) -> Result<carto::Credentials> {
             _ => bail!("CARTO_API_URL and CARTO_API_KEY go together: {HOW_TO}"),
         },
     };
-    Ok(carto::Credentials::new(&url, key)?)
+    credentials(&url, key)
+}
+
+/// Credentials, refusing a base URL that names the API rather than the account (the API's
+/// paths are added to it, so the server would answer a bare 404).
+pub fn credentials(url: &str, key: impl Into<String>) -> Result<carto::Credentials> {
+    if let Some(account) = account_url(url) {
+        bail!(
+            "the base URL {url} points at the API: give the account's URL, without /api/v2 \
+             (try {account})"
+        );
+    }
+    Ok(carto::Credentials::new(url, key)?)
+}
+
+/// For a URL that goes as far as `/api/v1` or `/api/v2`, the account URL before it.
+fn account_url(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url.trim()).ok()?;
+    let path = parsed.path();
+    let at = ["/api/v1", "/api/v2"].iter().find_map(|api| {
+        path.match_indices(api)
+            .map(|(i, _)| i)
+            .find(|&i| matches!(path.as_bytes().get(i + api.len()), None | Some(b'/')))
+    })?;
+    let mut account = parsed.clone();
+    account.set_path(&format!("{}/", path.get(..at)?));
+    account.set_query(None);
+    Some(account.to_string())
 }
 
 /// Credentials for `--from`/`--to` of a transfer: a profile name, or a URL with its key.
@@ -133,14 +170,35 @@ pub fn account(name_or_url: &str, key: Option<&str>) -> Result<carto::Credential
         let key = key.ok_or_else(|| {
             anyhow!("{name_or_url} is a URL: give its key with --from-api-key/--to-api-key")
         })?;
-        return Ok(carto::Credentials::new(name_or_url, key)?);
+        return credentials(name_or_url, key);
     }
     let profiles = Profiles::load()?;
     let profile = profiles
         .get(name_or_url)
         .ok_or_else(|| anyhow!("no profile named '{name_or_url}' (see `carto profile list`)"))?;
-    Ok(carto::Credentials::new(
-        &profile.base_url,
-        key.unwrap_or(&profile.api_key),
-    )?)
+    credentials(&profile.base_url, key.unwrap_or(&profile.api_key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_urls_are_pointed_to_their_account() {
+        for (given, account) in [
+            (
+                "http://127.0.0.1:8080/user/alice/api/v2",
+                Some("http://127.0.0.1:8080/user/alice/"),
+            ),
+            (
+                "https://alice.carto.com/api/v2/sql?q=1",
+                Some("https://alice.carto.com/"),
+            ),
+            ("http://h/user/a/api/v1/", Some("http://h/user/a/")),
+            ("https://alice.carto.com/", None),
+            ("http://h/user/api/v2x/", None),
+        ] {
+            assert_eq!(account_url(given).as_deref(), account, "{given}");
+        }
+    }
 }

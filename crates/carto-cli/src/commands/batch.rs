@@ -22,8 +22,9 @@ pub async fn run(global: &Global, output: Output, args: BatchArgs) -> Result<()>
         args.sql.clone().into()
     };
     let job = batch.create(query).await?;
-    output.note(&format!("job {} {}", job.job_id, job.status));
     let job = if args.wait {
+        // The job's id now, for a wait that may be long; its end in the result.
+        output.note(&format!("job {} {}", job.job_id, job.status));
         batch.wait(&job.job_id).await?
     } else {
         job

@@ -2,15 +2,19 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use futures::StreamExt;
 use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
-use super::{client, literal};
+use super::{client, ident, literal, missing_columns, naming_file, table_columns};
 use crate::args::{
     CopyCommand, CopyFromArgs, CopyToArgs, DataFormat, Global, TableOptions, Target,
 };
+use crate::infer::{column_names, LATITUDE_NAMES, LONGITUDE_NAMES};
 use crate::output::{bytes, Output};
 use crate::progress::transfer_bar;
+use crate::rows::{self, RowCounter};
 
 pub async fn run(global: &Global, output: Output, command: CopyCommand) -> Result<()> {
     match command {
@@ -23,9 +27,30 @@ fn is_stdio(path: &Path) -> bool {
     path.as_os_str() == "-"
 }
 
-async fn copy_from(global: &Global, output: Output, args: CopyFromArgs) -> Result<()> {
+async fn copy_from(global: &Global, output: Output, mut args: CopyFromArgs) -> Result<()> {
+    let client = client(global)?;
+    // A header line names the file's columns: load by name, as a CARTO table starts with
+    // cartodb_id and the_geom, which a file rarely has in that order (or at all).
+    let header_names = args.target.table.is_some()
+        && args.table.header
+        && args.table.columns.is_empty()
+        && args.table.format == DataFormat::Csv;
+    let mut stdin = None;
+    if header_names {
+        let delimiter = csv_delimiter(args.table.delimiter);
+        let header = if is_stdio(&args.file) {
+            let (rest, header) = read_stdin_header(delimiter).await?;
+            stdin = Some(rest);
+            header
+        } else {
+            read_file_header(&args.file, delimiter)?
+        };
+        let table = args.target.table.as_deref().unwrap_or_default();
+        let names = match_header(&client, table, &header, &args.file, output).await?;
+        args.table.columns = names.iter().map(|n| ident(n)).collect();
+    }
     let sql = statement(&args.target, &args.table, "FROM STDIN");
-    let mut copy = client(global)?.copy();
+    let mut copy = client.copy();
     if args.no_compress {
         copy = copy.without_compression();
     } else if let Some(level) = args.level {
@@ -45,9 +70,15 @@ async fn copy_from(global: &Global, output: Output, args: CopyFromArgs) -> Resul
         copy = copy.with_progress(progress);
     }
     let outcome = if is_stdio(&args.file) {
-        copy.copy_from_reader(&sql, tokio::io::stdin()).await
+        match stdin {
+            Some(stdin) => copy.copy_from_reader(&sql, stdin).await,
+            None => copy.copy_from_reader(&sql, tokio::io::stdin()).await,
+        }
+        .map_err(anyhow::Error::from)
     } else {
-        copy.copy_from_file(&sql, &args.file).await
+        copy.copy_from_file(&sql, &args.file)
+            .await
+            .map_err(|e| naming_file(e, "reading", &args.file))
     };
     if let Some(bar) = bar {
         bar.finish_and_clear();
@@ -79,23 +110,26 @@ async fn copy_to(global: &Global, output: Output, args: CopyToArgs) -> Result<()
     if let Some(progress) = progress {
         copy = copy.with_progress(progress);
     }
+    let (layout, header) = rows::layout_of(&sql);
+    let mut counter = RowCounter::new(layout, header);
     let started = std::time::Instant::now();
     let written = if to_stdout {
-        let mut stdout = tokio::io::stdout();
-        let written = copy.copy_to_writer(&sql, &mut stdout).await;
-        tokio::io::AsyncWriteExt::flush(&mut stdout).await?;
-        written
+        write_stdout(&copy, &sql, &mut counter).await
     } else {
-        copy.copy_to_file(&sql, &args.file, args.append).await
+        copy.copy_to_file_inspecting(&sql, &args.file, args.append, |chunk| counter.feed(chunk))
+            .await
+            .map_err(|e| naming_file(e, "writing", &args.file))
     };
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
     let written = written?;
     let seconds = started.elapsed().as_secs_f64();
+    let rows = counter.rows();
     output.result(
         &format!(
-            "wrote {} to {} in {seconds:.2} s",
+            "wrote {}{} to {} in {seconds:.2} s",
+            rows.map(|n| format!("{n} rows, ")).unwrap_or_default(),
             bytes(written),
             if to_stdout {
                 "stdout".into()
@@ -103,10 +137,131 @@ async fn copy_to(global: &Global, output: Output, args: CopyToArgs) -> Result<()
                 args.file.display().to_string()
             }
         ),
-        json!({ "bytes": written, "time": seconds, "file": args.file }),
+        json!({ "rows": rows, "bytes": written, "time": seconds, "file": args.file }),
         to_stdout,
     );
     Ok(())
+}
+
+/// Streams the output of `sql` to stdout, counting its rows; the bytes written.
+async fn write_stdout(
+    copy: &carto::CopyClient,
+    sql: &str,
+    counter: &mut RowCounter,
+) -> Result<u64> {
+    let mut stream = copy.copy_to(sql).await?;
+    let mut stdout = tokio::io::stdout();
+    let mut written = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        counter.feed(&chunk);
+        stdout.write_all(&chunk).await?;
+        written += chunk.len() as u64;
+    }
+    stdout.flush().await?;
+    Ok(written)
+}
+
+/// The delimiter of a CSV file as the csv crate takes it.
+fn csv_delimiter(delimiter: Option<char>) -> u8 {
+    // The argument parser takes only ASCII.
+    delimiter.map_or(b',', |c| c as u8)
+}
+
+/// The header of a CSV file.
+fn read_file_header(path: &Path, delimiter: u8) -> Result<Vec<String>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .has_headers(false)
+        .from_path(path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let mut record = csv::StringRecord::new();
+    if !reader
+        .read_record(&mut record)
+        .with_context(|| format!("reading the header of {}", path.display()))?
+    {
+        bail!(
+            "{} is empty: --header expects a header line",
+            path.display()
+        );
+    }
+    Ok(record.iter().map(str::to_string).collect())
+}
+
+/// Stdin, whose first line is read to name the columns, is sent from its start.
+type Stdin = tokio::io::Chain<std::io::Cursor<Vec<u8>>, tokio::io::BufReader<tokio::io::Stdin>>;
+
+/// The header on the first line of stdin, and stdin from its start.
+async fn read_stdin_header(delimiter: u8) -> Result<(Stdin, Vec<String>)> {
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    let mut line = Vec::new();
+    stdin
+        .read_until(b'\n', &mut line)
+        .await
+        .context("reading the header line from stdin")?;
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .has_headers(false)
+        .from_reader(line.as_slice());
+    let mut record = csv::StringRecord::new();
+    if !reader
+        .read_record(&mut record)
+        .context("reading the header line from stdin")?
+    {
+        bail!("stdin is empty: --header expects a header line");
+    }
+    let header = record.iter().map(str::to_string).collect();
+    Ok((std::io::Cursor::new(line).chain(stdin), header))
+}
+
+/// The table's column names for a file's header (normalized as `carto import` names
+/// columns), refusing names the table lacks before anything is sent, and noting when
+/// `the_geom` will stay empty although the file has coordinates.
+async fn match_header(
+    client: &carto::Client,
+    table: &str,
+    header: &[String],
+    file: &Path,
+    output: Output,
+) -> Result<Vec<String>> {
+    let names = column_names(header);
+    let columns = table_columns(client, table)
+        .await
+        .with_context(|| format!("reading the columns of {table}"))?;
+    let has = |name: &str| columns.iter().any(|c| c.name == name);
+    if let Some((unknown, all)) = missing_columns(&names, &columns) {
+        bail!(
+            "the header of {} names columns {table} does not have: {unknown} (its columns: \
+             {all}). Give the table's columns in the file's order with --columns A,B,...",
+            file.display(),
+        );
+    }
+    if has("the_geom") && !names.iter().any(|n| n == "the_geom") {
+        if let Some(coordinates) = coordinate_columns(&names) {
+            output.note(&format!(
+                "note: {table}.the_geom stays empty: the file's {coordinates} do not fill it \
+                 (name a column of WKT or EWKT the_geom, or load longitude/latitude with \
+                 `carto import {} --table {table} --if-exists append`)",
+                file.display()
+            ));
+        }
+    }
+    Ok(names)
+}
+
+/// Columns that look like coordinates or geometries by their names, when a file has them.
+fn coordinate_columns(names: &[String]) -> Option<String> {
+    let looks_like = |n: &str| {
+        LONGITUDE_NAMES.contains(&n)
+            || LATITUDE_NAMES.contains(&n)
+            || ["geom", "geometry", "wkt", "the_geom_webmercator"].contains(&n)
+    };
+    let found: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| looks_like(n))
+        .collect();
+    (!found.is_empty()).then(|| format!("columns {}", found.join(", ")))
 }
 
 /// True for a server on this machine. Measured (docs/bench/tuning.md): asking it for gzip

@@ -1,105 +1,317 @@
-//! `carto import FILE.csv --table T`: infer the columns from the header and a sample, create
-//! the table, COPY the file, derive `the_geom` from longitude/latitude columns when there are
-//! any, then cartodbfy (load first, index after: the measured fast order). A failed load
-//! drops the table it created, so nothing is left half-imported.
+//! `carto import FILE.csv [--table T]`: infer the columns from the header and a sample, load
+//! the file into a staging table, then in one transaction make it the table (create or
+//! replace: rename, derive `the_geom` from longitude/latitude columns, cartodbfy) or append
+//! its rows. Until that transaction commits nothing under the table's name changes, so a
+//! failed, interrupted or killed import leaves the table as it was; a killed one leaves only
+//! its staging table, which the next import of that table drops first.
+
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
 use serde_json::json;
 
-use super::{client, ident, literal};
-use crate::args::{Global, ImportArgs};
+use super::{client, ident, literal, missing_columns, table_columns};
+use crate::args::{Global, IfExists, ImportArgs};
 use crate::infer::{column_names, infer, lon_lat, ColumnType};
 use crate::output::{bytes, Output};
 use crate::progress::transfer_bar;
 
+/// PostgreSQL's longest identifier, in bytes.
+const MAX_NAME: usize = 63;
+
 /// The statements of an import.
 struct Plan {
-    create: String,
+    table: String,
+    staging: String,
+    /// Drops what a killed import of this table left, creates the staging table.
+    prepare: String,
+    /// Loads the file into the staging table.
     copy: String,
-    geometry_from_lon_lat: Option<String>,
-    cartodbfy: String,
+    /// One transaction: the staging table becomes the table, or its rows are appended.
+    finish: String,
+    appends: bool,
+}
+
+/// What the file holds: its columns as the header names them and as SQL will, their inferred
+/// types, and the SQL types they get (`--type` overrides the inferred ones).
+struct FileColumns {
+    header: Vec<String>,
+    names: Vec<String>,
+    types: Vec<ColumnType>,
+    sql_types: Vec<String>,
+    delimiter: u8,
+    /// Made from GeoJSON: `the_geom` holds GeoJSON text.
+    geojson: bool,
+}
+
+#[derive(Deserialize)]
+struct Exists {
+    exists: bool,
 }
 
 pub async fn run(global: &Global, output: Output, args: ImportArgs) -> Result<()> {
-    let delimiter = u8::try_from(args.delimiter)
-        .map_err(|_| anyhow!("--delimiter must be a single ASCII character"))?;
-    let plan = plan(&args, delimiter)?;
+    let table = table_name(args.table.as_deref(), &args.file)?;
+    if args.table.is_none() {
+        output.note(&format!("table {table} (from the file's name)"));
+    }
+    let converted = if crate::geojson::is_geojson(&args.file) {
+        Some(crate::geojson::to_csv(&args.file)?)
+    } else {
+        None
+    };
+    let source = converted
+        .as_ref()
+        .map_or(args.file.as_path(), |csv| csv.path());
+    let delimiter = match args.delimiter {
+        _ if converted.is_some() => b',',
+        // The argument parser takes only ASCII.
+        Some(c) => c as u8,
+        None => {
+            let found = detect_delimiter(source)?;
+            if found != b',' {
+                output.note(&format!("delimiter {} (detected)", describe(found)));
+            }
+            found
+        }
+    };
+    let mut file = read_columns(&args, source, delimiter)?;
+    file.geojson = converted.is_some();
+    report_columns(output, &file);
+
+    // A dry run of a create needs no server; an append must see the table's columns.
+    let needs_server = !args.dry_run || args.if_exists == IfExists::Append;
+    let client = if needs_server {
+        Some(client(global)?)
+    } else {
+        None
+    };
+    let existing = match &client {
+        Some(client) if exists(client, &table).await? => Some(
+            table_columns(client, &table)
+                .await
+                .with_context(|| format!("reading the columns of {table}"))?,
+        ),
+        _ => None,
+    };
+    let plan = match (&existing, args.if_exists) {
+        (Some(_), IfExists::Fail) if !args.dry_run => bail!(
+            "the table {table} already exists: use --if-exists replace to replace it or \
+             --if-exists append to add the file's rows to it (nothing was imported)"
+        ),
+        (Some(columns), IfExists::Append) => plan_append(&table, &file, columns, &args)?,
+        _ => plan_create(&table, &file, args.if_exists == IfExists::Replace),
+    };
     if args.dry_run {
-        for statement in [
-            Some(&plan.create),
-            Some(&plan.copy),
-            plan.geometry_from_lon_lat.as_ref(),
-            Some(&plan.cartodbfy),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            println!("{statement};");
+        for statement in [&plan.prepare, &plan.copy, &plan.finish] {
+            output.data(format!("{statement};\n").as_bytes())?;
         }
         return Ok(());
     }
+    let client = client.expect("a client for a run that is not dry");
+    import(&client, output, &plan, source, &args.file).await
+}
 
-    let client = client(global)?;
+/// Loads the file through the staging table; on any failure drops the staging table.
+async fn import(
+    client: &carto::Client,
+    output: Output,
+    plan: &Plan,
+    source: &Path,
+    file: &Path,
+) -> Result<()> {
     let sql = client.sql();
-    sql.send(&plan.create).await.context("creating the table")?;
-    output.note(&format!("created {}", args.table));
-
-    let size = std::fs::metadata(&args.file)?.len();
-    let (bar, progress) = transfer_bar(output.bars(), Some(size));
-    let mut copy = client.copy();
-    if let Some(progress) = progress {
-        copy = copy.with_progress(progress);
-    }
-    let loaded = copy.copy_from_file(&plan.copy, &args.file).await;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    let outcome = match loaded {
-        Ok(outcome) => outcome,
+    let drop_staging = format!("DROP TABLE IF EXISTS {}", ident(&plan.staging));
+    crate::interrupt::on_interrupt(
+        format!("nothing imported into {}", plan.table),
+        Some(crate::interrupt::run_sql(
+            client.clone(),
+            drop_staging.clone(),
+        )),
+    );
+    sql.send(&plan.prepare)
+        .await
+        .context("creating the staging table")?;
+    let loaded = load(client, output, plan, source, file).await;
+    let (rows, time) = match loaded {
+        Ok(done) => done,
         Err(error) => {
-            // The table was made for this import: leave nothing half-imported behind.
-            let _ = sql.send(&format!("DROP TABLE {}", args.table)).await;
-            return Err(anyhow::Error::new(error).context(format!(
-                "loading {} (nothing was imported)",
-                args.file.display()
+            let _ = sql.send(&drop_staging).await;
+            return Err(error.context(format!(
+                "importing {} (nothing was imported)",
+                file.display()
             )));
         }
     };
-
-    let finish = async {
-        if let Some(update) = &plan.geometry_from_lon_lat {
-            sql.send(update)
-                .await
-                .context("setting the_geom from longitude/latitude")?;
-        }
-        sql.send(&plan.cartodbfy)
-            .await
-            .context("cartodbfying the table")?;
-        anyhow::Ok(())
-    };
-    if let Err(error) = finish.await {
-        let _ = sql.send(&format!("DROP TABLE {}", args.table)).await;
-        return Err(error.context("nothing was imported"));
-    }
+    let size = std::fs::metadata(source).map(|m| m.len()).unwrap_or(0);
     output.result(
         &format!(
-            "imported {} rows ({}) into {} in {:.2} s",
-            outcome.total_rows,
+            "{} {rows} rows ({}) {} {} in {time:.2} s",
+            if plan.appends { "appended" } else { "imported" },
             bytes(size),
-            args.table,
-            outcome.time
+            if plan.appends { "to" } else { "into" },
+            plan.table,
         ),
-        json!({ "table": args.table, "total_rows": outcome.total_rows, "bytes": size }),
+        json!({ "table": plan.table, "total_rows": rows, "bytes": size, "appended": plan.appends }),
         false,
     );
     Ok(())
 }
 
-fn plan(args: &ImportArgs, delimiter: u8) -> Result<Plan> {
+/// COPY of `source` (the file, or the CSV made of it) into the staging table, then the
+/// finishing transaction; the rows and seconds.
+async fn load(
+    client: &carto::Client,
+    output: Output,
+    plan: &Plan,
+    source: &Path,
+    file: &Path,
+) -> Result<(u64, f64)> {
+    let size = std::fs::metadata(source)
+        .with_context(|| format!("reading {}", file.display()))?
+        .len();
+    let (bar, progress) = transfer_bar(output.bars(), Some(size));
+    let mut copy = client.copy();
+    if let Some(progress) = progress {
+        copy = copy.with_progress(progress);
+    }
+    let started = std::time::Instant::now();
+    let loaded = copy.copy_from_file(&plan.copy, source).await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let outcome = loaded.with_context(|| format!("loading {}", file.display()))?;
+    client.sql().send(&plan.finish).await.with_context(|| {
+        if plan.appends {
+            format!("appending the rows to {}", plan.table)
+        } else {
+            format!("creating {} and cartodbfying it", plan.table)
+        }
+    })?;
+    Ok((outcome.total_rows, started.elapsed().as_secs_f64()))
+}
+
+async fn exists(client: &carto::Client, table: &str) -> Result<bool> {
+    let answer = client
+        .sql()
+        .send_as::<Exists>(&format!(
+            "SELECT to_regclass({}) IS NOT NULL AS exists",
+            literal(&ident(table))
+        ))
+        .await
+        .with_context(|| format!("looking for the table {table}"))?;
+    Ok(answer.rows.first().is_some_and(|row| row.exists))
+}
+
+/// The table's name: `--table` when it is a plain lower-case SQL name (anything else would be
+/// folded or need quoting everywhere, so it is refused with the name to use), else the file's
+/// name made into one.
+fn table_name(given: Option<&str>, file: &Path) -> Result<String> {
+    match given {
+        Some(name) => {
+            let plain = sql_name(name);
+            if plain != name {
+                bail!(
+                    "--table {name:?}: table names are lower-case letters, digits and _ \
+                     (at most {MAX_NAME}, not starting with a digit); try --table {plain}"
+                );
+            }
+            Ok(plain)
+        }
+        None => {
+            let stem = file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Ok(sql_name(&stem))
+        }
+    }
+}
+
+/// `text` made into a plain SQL name: ASCII lower case, `_` for anything else, not starting
+/// with a digit, at most 63 bytes.
+fn sql_name(text: &str) -> String {
+    let mut name: String = text
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    // Runs of separators read as one.
+    while name.contains("__") {
+        name = name.replace("__", "_");
+    }
+    let mut name = name.trim_matches('_').to_string();
+    if name.is_empty() {
+        name = "imported".into();
+    }
+    if name.starts_with(|c: char| c.is_ascii_digit()) {
+        name.insert(0, '_');
+    }
+    name.truncate(MAX_NAME);
+    name
+}
+
+/// The staging table of an import into `table`: one name per table, so that the next import
+/// of it finds what a killed one left.
+fn staging_name(table: &str) -> String {
+    let mut name = format!("carto_import_{table}");
+    name.truncate(MAX_NAME);
+    name
+}
+
+/// Delimiters a CSV file is likely to use, in order of preference.
+const DELIMITERS: [u8; 4] = [b',', b';', b'\t', b'|'];
+
+/// Lines read to detect the delimiter.
+const DETECT_LINES: usize = 50;
+
+/// The delimiter of `path`: of `,` `;` tab `|`, the one that splits the header into the most
+/// fields with every following line (of the first few) splitting into as many; `,` when
+/// none splits the header.
+fn detect_delimiter(path: &Path) -> Result<u8> {
+    let mut best = (b',', 1);
+    for delimiter in DELIMITERS {
+        let mut reader = csv::ReaderBuilder::new()
+            .delimiter(delimiter)
+            .flexible(true)
+            .has_headers(false)
+            .from_path(path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let mut widths = reader
+            .records()
+            .take(DETECT_LINES)
+            .map(|record| record.map(|r| r.len()));
+        let Some(Ok(fields)) = widths.next() else {
+            continue;
+        };
+        if fields > best.1 && widths.all(|width| width.is_ok_and(|w| w == fields)) {
+            best = (delimiter, fields);
+        }
+    }
+    Ok(best.0)
+}
+
+/// A delimiter as people write it.
+fn describe(delimiter: u8) -> String {
+    match delimiter {
+        b'\t' => "tab".into(),
+        other => format!("'{}'", other as char),
+    }
+}
+
+/// Reads the header and a sample of rows of `source` (the file, or the CSV made of it), infers
+/// the columns, applies `--type`.
+fn read_columns(args: &ImportArgs, source: &Path, delimiter: u8) -> Result<FileColumns> {
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .flexible(true)
-        .from_path(&args.file)
+        .from_path(source)
         .with_context(|| format!("reading {}", args.file.display()))?;
     let header: Vec<String> = reader
         .headers()
@@ -110,6 +322,25 @@ fn plan(args: &ImportArgs, delimiter: u8) -> Result<Plan> {
     if header.is_empty() {
         bail!("{} has no header line", args.file.display());
     }
+    // One column whose name holds another delimiter is a file read with the wrong one.
+    if let [only] = header.as_slice() {
+        if let Some(other) = DELIMITERS
+            .iter()
+            .find(|d| **d != delimiter && only.contains(**d as char))
+        {
+            bail!(
+                "the header of {} is one column, {only:?}, read with the delimiter {}: \
+                 give the file's delimiter, e.g. --delimiter {}",
+                args.file.display(),
+                describe(delimiter),
+                if *other == b'\t' {
+                    "tab".into()
+                } else {
+                    describe(*other)
+                }
+            );
+        }
+    }
     let mut sample = Vec::new();
     for (i, record) in reader.records().take(args.sample).enumerate() {
         // Line numbers count the header as line 1.
@@ -119,42 +350,210 @@ fn plan(args: &ImportArgs, delimiter: u8) -> Result<Plan> {
     }
     let names = column_names(&header);
     let types = infer(names.len(), &sample);
+    let mut sql_types: Vec<String> = types.iter().map(|t| t.sql().to_string()).collect();
+    for given in &args.types {
+        let (column, ty) = given
+            .split_once('=')
+            .filter(|(c, t)| !c.is_empty() && !t.trim().is_empty())
+            .ok_or_else(|| anyhow!("--type {given:?}: expected COLUMN=TYPE, e.g. code=text"))?;
+        let index = names
+            .iter()
+            .position(|n| n == column)
+            .or_else(|| header.iter().position(|h| h == column))
+            .ok_or_else(|| {
+                anyhow!(
+                    "--type {given:?}: the file has no column {column:?} (its columns: {})",
+                    names.join(", ")
+                )
+            })?;
+        sql_types[index] = ty.trim().to_string();
+    }
+    Ok(FileColumns {
+        header,
+        names,
+        types,
+        sql_types,
+        delimiter,
+        geojson: false,
+    })
+}
 
-    let mut definitions: Vec<String> = names
+/// Tells which type each column gets, and which header names were changed to be SQL names.
+fn report_columns(output: Output, file: &FileColumns) {
+    let columns: Vec<String> = file
+        .names
         .iter()
-        .zip(&types)
-        .map(|(name, ty)| format!("{} {}", ident(name), ty.sql()))
+        .zip(&file.sql_types)
+        .map(|(name, ty)| format!("{name} {ty}"))
         .collect();
-    let has_geometry =
-        types.contains(&ColumnType::Geometry) || names.iter().any(|n| n == "the_geom");
-    let geometry_from_lon_lat = match lon_lat(&names, &types) {
-        Some((lon, lat)) if !has_geometry => {
-            definitions.push("the_geom geometry(Point, 4326)".into());
-            Some(format!(
-                "UPDATE {} SET the_geom = ST_SetSRID(ST_MakePoint({}, {}), 4326)",
-                args.table,
-                ident(&names[lon]),
-                ident(&names[lat])
-            ))
-        }
-        _ => None,
-    };
-    let columns = names
+    output.note(&format!("columns: {}", columns.join(", ")));
+    let renamed: Vec<String> = file
+        .header
+        .iter()
+        .zip(&file.names)
+        .filter(|(raw, name)| raw != name)
+        .map(|(raw, name)| format!("{raw:?} -> {name}"))
+        .collect();
+    if !renamed.is_empty() {
+        output.note(&format!("renamed: {}", renamed.join(", ")));
+    }
+}
+
+/// Drops what a killed import left under the staging name, and creates the staging table.
+fn prepare_statement(staging: &str, definitions: &[String]) -> String {
+    format!(
+        "DROP TABLE IF EXISTS {0}; CREATE TABLE {0} ({1})",
+        ident(staging),
+        definitions.join(", ")
+    )
+}
+
+/// The COPY of the file into the staging table.
+fn copy_statement(staging: &str, file: &FileColumns) -> String {
+    let columns = file
+        .names
         .iter()
         .map(|n| ident(n))
         .collect::<Vec<_>>()
         .join(", ");
+    format!(
+        "COPY {} ({columns}) FROM STDIN WITH (FORMAT csv, HEADER true, DELIMITER {})",
+        ident(staging),
+        literal(&(file.delimiter as char).to_string())
+    )
+}
+
+/// A new table (replacing the old one in the same transaction with `replace`).
+fn plan_create(table: &str, file: &FileColumns, replace: bool) -> Plan {
+    let staging = staging_name(table);
+    let mut definitions: Vec<String> = file
+        .names
+        .iter()
+        .zip(&file.sql_types)
+        .map(|(name, ty)| format!("{} {ty}", ident(name)))
+        .collect();
+    let has_geometry =
+        file.types.contains(&ColumnType::Geometry) || file.names.iter().any(|n| n == "the_geom");
+    let mut finish = Vec::new();
+    if replace {
+        finish.push(format!("DROP TABLE IF EXISTS {}", ident(table)));
+    }
+    finish.push(format!(
+        "ALTER TABLE {} RENAME TO {}",
+        ident(&staging),
+        ident(table)
+    ));
+    if file.geojson {
+        finish.push(format!(
+            "ALTER TABLE {} ALTER COLUMN the_geom TYPE geometry(Geometry, 4326) \
+             USING ST_SetSRID(ST_GeomFromGeoJSON(the_geom), 4326)",
+            ident(table)
+        ));
+    }
+    if let Some((lon, lat)) = lon_lat(&file.names, &file.types).filter(|_| !has_geometry) {
+        definitions.push("the_geom geometry(Point, 4326)".into());
+        finish.push(format!(
+            "UPDATE {} SET the_geom = ST_SetSRID(ST_MakePoint({}, {}), 4326)",
+            ident(table),
+            ident(&file.names[lon]),
+            ident(&file.names[lat])
+        ));
+    }
+    finish.push(format!(
+        "SELECT CDB_CartodbfyTable(current_schema, {})",
+        literal(table)
+    ));
+    Plan {
+        table: table.into(),
+        prepare: prepare_statement(&staging, &definitions),
+        copy: copy_statement(&staging, file),
+        finish: finish.join("; "),
+        staging,
+        appends: false,
+    }
+}
+
+/// Rows added to an existing table: staged with the table's own column types, so that what
+/// the table would refuse is refused while loading, with its line.
+fn plan_append(
+    table: &str,
+    file: &FileColumns,
+    columns: &[super::Column],
+    args: &ImportArgs,
+) -> Result<Plan> {
+    let type_of = |name: &str| columns.iter().find(|c| c.name == name).map(|c| &c.ty);
+    if !args.types.is_empty() {
+        bail!("--type sets the types of a new table; rows appended to {table} take its own");
+    }
+    if file.geojson {
+        bail!("appending GeoJSON to an existing table is not supported yet: import it into a new table");
+    }
+    if let Some((unknown, all)) = missing_columns(&file.names, columns) {
+        bail!(
+            "{} has columns {table} does not have: {unknown} (its columns: {all}); nothing \
+             was imported",
+            args.file.display(),
+        );
+    }
+    let staging = staging_name(table);
+    let definitions: Vec<String> = file
+        .names
+        .iter()
+        .map(|n| format!("{} {}", ident(n), type_of(n).expect("checked above")))
+        .collect();
+    let mut targets: Vec<String> = file.names.iter().map(|n| ident(n)).collect();
+    let mut values = targets.clone();
+    let fills_geometry =
+        type_of("the_geom").is_some() && !file.names.iter().any(|n| n == "the_geom");
+    if let Some((lon, lat)) = lon_lat(&file.names, &file.types).filter(|_| fills_geometry) {
+        targets.push("the_geom".into());
+        values.push(format!(
+            "ST_SetSRID(ST_MakePoint({}, {}), 4326)",
+            ident(&file.names[lon]),
+            ident(&file.names[lat])
+        ));
+    }
     Ok(Plan {
-        create: format!("CREATE TABLE {} ({})", args.table, definitions.join(", ")),
-        copy: format!(
-            "COPY {} ({columns}) FROM STDIN WITH (FORMAT csv, HEADER true, DELIMITER {})",
-            args.table,
-            literal(&args.delimiter.to_string())
+        table: table.into(),
+        prepare: prepare_statement(&staging, &definitions),
+        copy: copy_statement(&staging, file),
+        finish: format!(
+            "INSERT INTO {} ({}) SELECT {} FROM {}; DROP TABLE {}",
+            ident(table),
+            targets.join(", "),
+            values.join(", "),
+            ident(&staging),
+            ident(&staging)
         ),
-        geometry_from_lon_lat,
-        cartodbfy: format!(
-            "SELECT CDB_CartodbfyTable(current_schema, {})",
-            literal(&args.table)
-        ),
+        staging,
+        appends: true,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names() {
+        assert_eq!(sql_name("More Cities"), "more_cities");
+        assert_eq!(sql_name("MyCities"), "mycities");
+        assert_eq!(sql_name("2024 - données"), "_2024_donn_es");
+        assert_eq!(sql_name("__"), "imported");
+        assert_eq!(sql_name(&"x".repeat(100)).len(), MAX_NAME);
+        assert_eq!(
+            table_name(None, Path::new("/tmp/More Cities.csv")).unwrap(),
+            "more_cities"
+        );
+        assert_eq!(
+            table_name(Some("cities_2"), Path::new("x.csv")).unwrap(),
+            "cities_2"
+        );
+        let refused = table_name(Some("My Cities"), Path::new("x.csv")).unwrap_err();
+        assert!(
+            refused.to_string().contains("try --table my_cities"),
+            "{refused}"
+        );
+        assert!(table_name(Some("MyCities"), Path::new("x.csv")).is_err());
+    }
 }

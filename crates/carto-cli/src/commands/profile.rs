@@ -15,7 +15,7 @@ pub fn run(global: &Global, output: Output, command: ProfileCommand) -> Result<(
                 bail!("`carto profile add {name}` needs --base-url URL and --api-key KEY");
             };
             // Check the URL now rather than at first use.
-            carto::Credentials::new(base_url, api_key.clone())?;
+            crate::profiles::credentials(base_url, api_key.clone())?;
             profiles.insert(
                 &name,
                 Profile {

@@ -1,14 +1,28 @@
-//! `carto sql`: run SQL, print the answer as the server sends it.
+//! `carto sql`: run SQL; print a table for people at a terminal, else the answer as the
+//! server sends it.
+
+use std::io::IsTerminal;
 
 use anyhow::Result;
 use futures::StreamExt;
+use serde_json::{Map, Value};
 
 use super::client;
 use crate::args::{Global, SqlArgs, SqlFormat};
+use crate::ewkb::hex_to_wkt;
 use crate::output::Output;
 
+/// A column CARTO tables carry beside the_geom, only useful to map renderers.
+const WEBMERCATOR: &str = "the_geom_webmercator";
+
 pub async fn run(global: &Global, output: Output, args: SqlArgs) -> Result<()> {
-    let format = match args.format {
+    let format = args.format.unwrap_or(if std::io::stdout().is_terminal() {
+        SqlFormat::Table
+    } else {
+        SqlFormat::Json
+    });
+    let format = match format {
+        SqlFormat::Table => return table(global, output, &args).await,
         SqlFormat::Json => carto::Format::Json,
         SqlFormat::Csv => carto::Format::Csv,
         SqlFormat::Geojson => carto::Format::GeoJson,
@@ -31,4 +45,53 @@ pub async fn run(global: &Global, output: Output, args: SqlArgs) -> Result<()> {
         output.data(b"\n")?;
     }
     Ok(())
+}
+
+/// The answer as a table: the columns of the answer's `fields`, geometries as WKT.
+async fn table(global: &Global, output: Output, args: &SqlArgs) -> Result<()> {
+    let answer = client(global)?.sql().send(&args.sql).await?;
+    let columns: Vec<&String> = answer
+        .fields
+        .keys()
+        .filter(|name| args.all_columns || name.as_str() != WEBMERCATOR)
+        .collect();
+    let is_geometry = |name: &str| {
+        answer
+            .field(name)
+            .is_some_and(|field| field.kind == "geometry")
+    };
+    let geometry: Vec<bool> = columns.iter().map(|c| is_geometry(c)).collect();
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    table.set_header(columns.iter().map(|c| c.as_str()));
+    for row in &answer.rows {
+        table.add_row(
+            columns
+                .iter()
+                .zip(&geometry)
+                .map(|(column, geometry)| cell(row, column, *geometry)),
+        );
+    }
+    let rows = answer.rows.len();
+    let mut text = if columns.is_empty() {
+        String::new()
+    } else {
+        format!("{table}\n")
+    };
+    text.push_str(&format!(
+        "({rows} row{})\n",
+        if rows == 1 { "" } else { "s" }
+    ));
+    output.data(text.as_bytes())?;
+    Ok(())
+}
+
+/// One value as a table shows it: NULL empty, text as it is, geometries as WKT.
+fn cell(row: &Map<String, Value>, column: &str, geometry: bool) -> String {
+    match row.get(column) {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(text)) if geometry => hex_to_wkt(text).unwrap_or_else(|| text.clone()),
+        Some(Value::String(text)) => text.clone(),
+        Some(other) => other.to_string(),
+    }
 }

@@ -6,26 +6,25 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ident, literal};
-use crate::args::{TransferArgs, TransferFormat};
+use super::{client_for, ident, literal, table_columns};
+use crate::args::{Global, TransferArgs, TransferFormat};
 use crate::output::Output;
 use crate::profiles::account;
-
-#[derive(Deserialize)]
-struct Column {
-    name: String,
-    #[serde(rename = "type")]
-    ty: String,
-}
 
 #[derive(Deserialize)]
 struct Count {
     n: u64,
 }
 
-pub async fn run(output: Output, args: TransferArgs) -> Result<()> {
-    let source = carto::Client::new(account(&args.from, args.from_api_key.as_deref())?)?;
-    let destination = carto::Client::new(account(&args.to, args.to_api_key.as_deref())?)?;
+pub async fn run(global: &Global, output: Output, args: TransferArgs) -> Result<()> {
+    if global.base_url.is_some() || global.api_key.is_some() || global.profile.is_some() {
+        bail!(
+            "transfer names its accounts with --from and --to (a profile, or a URL with \
+             --from-api-key/--to-api-key), not --base-url, --api-key or --profile"
+        );
+    }
+    let source = client_for(account(&args.from, args.from_api_key.as_deref())?)?;
+    let destination = client_for(account(&args.to, args.to_api_key.as_deref())?)?;
     let target = args.as_name.clone().unwrap_or_else(|| args.table.clone());
     let format = match args.format {
         TransferFormat::Binary => "binary",
@@ -33,7 +32,9 @@ pub async fn run(output: Output, args: TransferArgs) -> Result<()> {
     };
 
     if args.create {
-        let columns = source_columns(&source, &args.table).await?;
+        let columns = table_columns(&source, &args.table)
+            .await
+            .context("reading the source table's columns")?;
         let definition = columns
             .iter()
             .map(|c| format!("{} {}", ident(&c.name), c.ty))
@@ -46,6 +47,13 @@ pub async fn run(output: Output, args: TransferArgs) -> Result<()> {
             .send(&create)
             .await
             .context("creating the destination table")?;
+        crate::interrupt::on_interrupt(
+            format!("nothing committed ({target} was dropped at the destination)"),
+            Some(crate::interrupt::run_sql(
+                destination.clone(),
+                format!("DROP TABLE {target}"),
+            )),
+        );
     }
 
     let source_sql = match &args.query {
@@ -77,6 +85,18 @@ pub async fn run(output: Output, args: TransferArgs) -> Result<()> {
         }
     };
 
+    crate::interrupt::on_interrupt(
+        format!(
+            "{} rows were copied into {target}{}",
+            outcome.total_rows,
+            if args.create {
+                ", which may not be cartodbfied"
+            } else {
+                ""
+            }
+        ),
+        None,
+    );
     if args.create {
         output.note(&format!("cartodbfying {target}"));
         let cartodbfy = format!(
@@ -122,24 +142,4 @@ pub async fn run(output: Output, args: TransferArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// The source table's columns with their full types (`geometry(Point,4326)`, `numeric(10,2)`).
-async fn source_columns(source: &carto::Client, table: &str) -> Result<Vec<Column>> {
-    let sql = format!(
-        "SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type \
-         FROM pg_attribute a WHERE a.attrelid = {}::regclass AND a.attnum > 0 \
-         AND NOT a.attisdropped ORDER BY a.attnum",
-        literal(table)
-    );
-    let columns = source
-        .sql()
-        .send_as::<Column>(&sql)
-        .await
-        .context("reading the source table's columns")?
-        .rows;
-    if columns.is_empty() {
-        bail!("the source table {table} has no columns");
-    }
-    Ok(columns)
 }

@@ -2,6 +2,7 @@
 
 mod copy;
 mod import;
+mod interrupt;
 mod misc;
 mod support;
 mod transfer;

@@ -16,6 +16,19 @@ pub fn carto(server: &TestServer, user: &TestUser, config_dir: &Path) -> assert_
     command
 }
 
+/// The `carto` binary as a plain process (to run in the background, or to signal), with
+/// `user`'s credentials and a private config dir.
+pub fn process(server: &TestServer, user: &TestUser, config_dir: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(assert_cmd::cargo::cargo_bin("carto"));
+    command.env("CARTO_CONFIG_DIR", config_dir).args([
+        "--base-url",
+        &server.base_url(user),
+        "--api-key",
+        &user.api_key,
+    ]);
+    command
+}
+
 /// The `carto` binary with no credentials and a private config dir.
 pub fn bare(config_dir: &Path) -> assert_cmd::Command {
     let mut command = assert_cmd::Command::cargo_bin("carto").expect("the carto binary");

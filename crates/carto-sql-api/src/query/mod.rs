@@ -20,7 +20,6 @@ use crate::db::{quote_ident, Pools};
 use crate::error::ApiError;
 use crate::sql_text::{split_statements, tokenize, Token};
 
-
 /// Output formats the server writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

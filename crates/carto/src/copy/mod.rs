@@ -192,13 +192,27 @@ impl CopyClient {
     /// Without `append` the data goes to a temporary file in the same directory, renamed
     /// to `path` once complete: on failure `path` is untouched (absent if it was).
     /// With `append` the data is appended to `path` (created if absent); on failure the file
-    /// is cut back to its length before the call.
+    /// is cut back to its length before the call. The same holds when the future is dropped
+    /// before it completes (a timeout, Ctrl-C): the temporary file is removed, or the file cut
+    /// back.
     pub async fn copy_to_file(
         &self,
         sql: &str,
         path: impl AsRef<Path>,
         append: bool,
     ) -> Result<u64> {
-        to::to_file(self, sql, path.as_ref(), append).await
+        to::to_file(self, sql, path.as_ref(), append, &mut |_| {}).await
+    }
+
+    /// [`copy_to_file`](Self::copy_to_file), showing each chunk of data to `inspect` before
+    /// it is written (e.g. to count rows), with the same all-or-nothing file.
+    pub async fn copy_to_file_inspecting(
+        &self,
+        sql: &str,
+        path: impl AsRef<Path>,
+        append: bool,
+        mut inspect: impl FnMut(&[u8]) + Send,
+    ) -> Result<u64> {
+        to::to_file(self, sql, path.as_ref(), append, &mut inspect).await
     }
 }

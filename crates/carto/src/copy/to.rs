@@ -235,10 +235,24 @@ pub(super) async fn to_writer<W>(copy: &CopyClient, sql: &str, writer: &mut W) -
 where
     W: AsyncWrite + Unpin + ?Sized,
 {
+    to_writer_inspecting(copy, sql, writer, &mut |_| {}).await
+}
+
+/// [`to_writer`], showing each chunk to `inspect` before writing it.
+async fn to_writer_inspecting<W>(
+    copy: &CopyClient,
+    sql: &str,
+    writer: &mut W,
+    inspect: &mut (dyn FnMut(&[u8]) + Send),
+) -> Result<u64>
+where
+    W: AsyncWrite + Unpin + ?Sized,
+{
     let mut stream = start(copy, sql).await?;
     let mut written = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
+        inspect(&chunk);
         writer.write_all(&chunk).await?;
         written += chunk.len() as u64;
     }
@@ -251,6 +265,7 @@ pub(super) async fn to_file(
     sql: &str,
     path: &Path,
     append: bool,
+    inspect: &mut (dyn FnMut(&[u8]) + Send),
 ) -> Result<u64> {
     if append {
         let mut file = tokio::fs::OpenOptions::new()
@@ -259,12 +274,14 @@ pub(super) async fn to_file(
             .open(path)
             .await?;
         let before = file.metadata().await?.len();
+        let mut undo = Undo(Some(UndoAction::Truncate(path.to_path_buf(), before)));
         let mut buffered = tokio::io::BufWriter::with_capacity(FILE_BUFFER, &mut file);
-        let written = to_writer(copy, sql, &mut buffered).await;
+        let written = to_writer_inspecting(copy, sql, &mut buffered, inspect).await;
         drop(buffered);
         match written {
             Ok(n) => {
                 file.sync_all().await?;
+                undo.disarm();
                 Ok(n)
             }
             Err(error) => {
@@ -276,21 +293,51 @@ pub(super) async fn to_file(
         }
     } else {
         let temp = temp_path(path);
-        let outcome = async {
-            let mut file = tokio::fs::File::create(&temp).await?;
-            let mut buffered = tokio::io::BufWriter::with_capacity(FILE_BUFFER, &mut file);
-            let n = to_writer(copy, sql, &mut buffered).await?;
-            drop(buffered);
-            file.sync_all().await?;
-            drop(file);
-            tokio::fs::rename(&temp, path).await?;
-            Ok::<_, Error>(n)
+        let mut undo = Undo(Some(UndoAction::Remove(temp.clone())));
+        let mut file = tokio::fs::File::create(&temp).await?;
+        let mut buffered = tokio::io::BufWriter::with_capacity(FILE_BUFFER, &mut file);
+        let n = to_writer_inspecting(copy, sql, &mut buffered, inspect).await?;
+        drop(buffered);
+        file.sync_all().await?;
+        drop(file);
+        tokio::fs::rename(&temp, path).await?;
+        undo.disarm();
+        Ok(n)
+    }
+}
+
+/// What leaves a file as it was before a download into it, done when the download does not
+/// complete: on an error, and also when its future is dropped (a caller's timeout, Ctrl-C),
+/// where no code after an `.await` runs.
+struct Undo(Option<UndoAction>);
+
+enum UndoAction {
+    /// Remove the temporary file.
+    Remove(PathBuf),
+    /// Cut the appended-to file back to its length before the download.
+    Truncate(PathBuf, u64),
+}
+
+impl Undo {
+    /// The download completed: keep the file.
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        match self.0.take() {
+            Some(UndoAction::Remove(path)) => {
+                let _ = std::fs::remove_file(path);
+            }
+            Some(UndoAction::Truncate(path, len)) => {
+                if let Ok(file) = std::fs::OpenOptions::new().write(true).open(path) {
+                    let _ = file.set_len(len);
+                }
+            }
+            None => {}
         }
-        .await;
-        if outcome.is_err() {
-            let _ = tokio::fs::remove_file(&temp).await;
-        }
-        outcome
     }
 }
 
