@@ -574,19 +574,11 @@ pub async fn connect(
     Ok(client)
 }
 
-/// Quotes an SQL identifier.
-pub(crate) fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
+pub(crate) use carto_quote::{ident as quote_ident, literal as quote_literal};
 
 /// `password` as a SCRAM-SHA-256 verifier, quoted for `CREATE ROLE ... PASSWORD`: PostgreSQL
 /// stores what it is given, so the plaintext never travels in SQL text, where a statement log
 /// (ours at debug level, or the server's for a failed statement) could show it.
 pub(crate) fn password_literal(password: &[u8]) -> String {
     quote_literal(&postgres_protocol::password::scram_sha_256(password))
-}
-
-/// Quotes an SQL string literal.
-pub(crate) fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
 }

@@ -157,14 +157,19 @@ impl Client {
     }
 }
 
-/// At most `limit` bytes of an answer's body, decoded if gzipped; what could be read if it
-/// breaks midway.
-async fn read_limited(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
-    let gzipped = response
+/// Whether the server gzipped `response`'s body (the SDK decodes bodies itself).
+pub(crate) fn is_gzipped(response: &reqwest::Response) -> bool {
+    response
         .headers()
         .get(reqwest::header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"))
+}
+
+/// At most `limit` bytes of an answer's body, decoded if gzipped; what could be read if it
+/// breaks midway.
+async fn read_limited(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+    let gzipped = is_gzipped(&response);
     let mut body = Vec::new();
     while let Ok(Some(chunk)) = response.chunk().await {
         let room = limit - body.len();

@@ -77,6 +77,9 @@ pub mod rows;
 pub mod sql;
 
 pub use batch::{BatchClient, BatchQuery, Job, JobStatus};
+/// Quoting for SQL built by hand (e.g. a `COPY` statement): `quote_ident("My Table")` is
+/// `"My Table"`, `quote_literal("it's")` is `'it''s'`.
+pub use carto_quote::{ident as quote_ident, literal as quote_literal};
 pub use client::{Client, ClientBuilder};
 pub use copy::{
     CopyClient, CopyFromOutcome, CopyFromSink, CopyToStream, DEFAULT_CHUNK_SIZE, DEFAULT_GZIP_LEVEL,

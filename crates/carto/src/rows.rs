@@ -135,10 +135,7 @@ fn write_field(value: &Value, out: &mut BytesMut) -> Result<()> {
 /// `COPY {table} ("col", ...) FROM STDIN`: the table as the caller wrote it (SQL), the
 /// columns quoted as identifiers.
 pub(crate) fn copy_statement(table: &str, columns: &[&str]) -> String {
-    let columns: Vec<String> = columns
-        .iter()
-        .map(|c| format!("\"{}\"", c.replace('"', "\"\"")))
-        .collect();
+    let columns: Vec<String> = columns.iter().map(|c| carto_quote::ident(c)).collect();
     format!("COPY {table} ({}) FROM STDIN", columns.join(", "))
 }
 

@@ -15,6 +15,8 @@ use serde::Deserialize;
 
 use crate::args::{Cli, Command};
 use crate::output::Output;
+// SQL quoting for the statements the commands build, shared with the SDK and server.
+use carto::{quote_ident as ident, quote_literal as literal};
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> Result<()> {
@@ -108,16 +110,6 @@ fn naming_file(error: carto::Error, doing: &str, path: &std::path::Path) -> anyh
     } else {
         error.into()
     }
-}
-
-/// Quotes `value` as an SQL string literal.
-fn literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}
-
-/// Quotes `name` as an SQL identifier.
-fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// A column of a table, with its full type (`geometry(Point,4326)`, `numeric(10,2)`).

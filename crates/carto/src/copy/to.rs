@@ -89,11 +89,7 @@ pub(super) async fn start(copy: &CopyClient, sql: &str) -> Result<CopyToStream> 
                 .header(reqwest::header::ACCEPT_ENCODING, accept))
         })
         .await?;
-    let gzipped = response
-        .headers()
-        .get(reqwest::header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
+    let gzipped = crate::client::is_gzipped(&response);
     let tracker = Tracker::new(Direction::Download, copy.progress.clone());
     let wire_tracker = tracker.clone();
     let wire = response
