@@ -574,6 +574,20 @@ pub async fn connect(
     Ok(client)
 }
 
+/// Sets the session's `statement_timeout` to `timeout`, in PostgreSQL's syntax (`15s`, `5h`,
+/// or a number of milliseconds). Pooled connections are reset before they serve again.
+pub(crate) async fn set_statement_timeout(
+    client: &tokio_postgres::Client,
+    timeout: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute(&format!(
+            "SET statement_timeout = {}",
+            quote_literal(timeout)
+        ))
+        .await
+}
+
 pub(crate) use carto_quote::{ident as quote_ident, literal as quote_literal};
 
 /// `password` as a SCRAM-SHA-256 verifier, quoted for `CREATE ROLE ... PASSWORD`: PostgreSQL

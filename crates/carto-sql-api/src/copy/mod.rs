@@ -10,7 +10,7 @@ pub use from::UploadLimits;
 pub use to::CopyToBody;
 
 use crate::auth::Caller;
-use crate::db::{discard, quote_literal, Pools};
+use crate::db::{discard, set_statement_timeout, Pools};
 use crate::error::ApiError;
 
 /// Runs a checked `COPY ... FROM STDIN` for `caller`, fed from `body`; returns the row count.
@@ -25,12 +25,7 @@ pub async fn copy_from(
 ) -> Result<u64, ApiError> {
     let client = pools.get(&caller.key).await?;
     let prepared = async {
-        client
-            .batch_execute(&format!(
-                "SET statement_timeout = {}",
-                quote_literal(statement_timeout)
-            ))
-            .await?;
+        set_statement_timeout(&client, statement_timeout).await?;
         // Read as the caller's role, as upstream does; 0 means unlimited.
         let row = client
             .query_one(
@@ -70,13 +65,7 @@ pub async fn copy_to(
     statement_timeout: &str,
 ) -> Result<CopyToBody, ApiError> {
     let client = pools.get(&caller.key).await?;
-    if let Err(error) = client
-        .batch_execute(&format!(
-            "SET statement_timeout = {}",
-            quote_literal(statement_timeout)
-        ))
-        .await
-    {
+    if let Err(error) = set_statement_timeout(&client, statement_timeout).await {
         discard(client);
         return Err(ApiError::from_pg(&error));
     }

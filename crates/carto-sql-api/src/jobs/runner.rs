@@ -327,11 +327,8 @@ impl Run<'_> {
             return Err(Interrupt::Shutdown);
         }
         let ms = timeout.as_millis().clamp(1, i32::MAX as u128);
-        if let Err(error) = self
-            .conn
-            .client
-            .batch_execute(&format!("SET statement_timeout = {ms}"))
-            .await
+        if let Err(error) =
+            crate::db::set_statement_timeout(&self.conn.client, &ms.to_string()).await
         {
             return Ok(Err(message(&error)));
         }

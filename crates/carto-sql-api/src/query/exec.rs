@@ -22,7 +22,7 @@ use tokio_postgres::SimpleQueryMessage;
 use super::format::{Column, Encoder, Summary};
 use super::guard;
 use super::values::{field, ValueKind};
-use crate::db::{discard, quote_literal, Notices};
+use crate::db::{discard, set_statement_timeout, Notices};
 use crate::error::ApiError;
 
 /// Output is sent on once this many bytes are buffered (or sooner, when PostgreSQL pauses).
@@ -209,12 +209,7 @@ async fn execute(
     progress: &mut Progress,
 ) -> Result<(), Failure> {
     if let Some(timeout) = &plan.statement_timeout {
-        client
-            .batch_execute(&format!(
-                "SET statement_timeout = {}",
-                quote_literal(timeout)
-            ))
-            .await?;
+        set_statement_timeout(client, timeout).await?;
     }
     if plan.wrap_in_transaction {
         client.batch_execute("BEGIN").await?;
