@@ -3,6 +3,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use tokio_postgres::error::SqlState;
 
 /// The text of the timeout-limit body (spec §3).
 pub const TIMEOUT_MESSAGE: &str = "You are over platform's limits: SQL query timeout error. \
@@ -60,7 +61,7 @@ struct ErrorBody<'a> {
 }
 
 impl ApiError {
-    /// An error with a status and a message, choosing 403 for permission errors as the spec does.
+    /// An error with a status and a message.
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
@@ -73,15 +74,9 @@ impl ApiError {
         }
     }
 
-    /// 400 with `message`, or 403 when the message says `permission denied`.
+    /// 400 with `message`.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        let message = message.into();
-        let status = if message.contains("permission denied") {
-            StatusCode::FORBIDDEN
-        } else {
-            StatusCode::BAD_REQUEST
-        };
-        ApiError::new(status, message)
+        ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 
     /// 401 `Unauthorized`: the API key is unknown.
@@ -169,14 +164,22 @@ impl ApiError {
         let Some(db) = error.as_db_error() else {
             return ApiError::internal(error.to_string());
         };
-        if *db.code() == tokio_postgres::error::SqlState::QUERY_CANCELED {
+        if *db.code() == SqlState::QUERY_CANCELED {
             return ApiError::timeout();
         }
+        // The spec's rule, as upstream applies it: a database error whose message says
+        // `permission denied` is a 403. Not SQLSTATE 42501 as such: that code also covers
+        // `must be owner of table ...`, which the spec answers 400.
+        let status = if db.message().contains("permission denied") {
+            StatusCode::FORBIDDEN
+        } else {
+            StatusCode::BAD_REQUEST
+        };
         ApiError {
             detail: db.detail().map(str::to_string),
             hint: db.hint().map(str::to_string),
             where_: db.where_().map(str::to_string),
-            ..ApiError::bad_request(db.message())
+            ..ApiError::new(status, db.message())
         }
     }
 
