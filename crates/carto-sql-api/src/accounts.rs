@@ -41,7 +41,8 @@ pub enum KeyKind {
 }
 
 impl KeyKind {
-    fn parse(text: &str) -> Self {
+    /// Reads the metadata's spelling.
+    pub(crate) fn parse(text: &str) -> Self {
         match text {
             "master" => KeyKind::Master,
             "regular" => KeyKind::Regular,

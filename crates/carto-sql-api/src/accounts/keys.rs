@@ -10,7 +10,7 @@ use std::str::FromStr;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use super::{random_token, token_hash, Accounts, DEFAULT_PUBLIC};
+use super::{random_token, token_hash, Accounts, KeyKind, DEFAULT_PUBLIC};
 use crate::db::{connect, password_literal, quote_ident};
 
 /// Table privileges a key may be given.
@@ -151,7 +151,7 @@ pub struct KeyInfo {
     pub name: String,
     /// `master`, `regular` or `default`.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: KeyKind,
     /// The PostgreSQL role the key runs as.
     pub role: String,
     /// For regular keys, the grants they were created with.
@@ -318,7 +318,7 @@ impl Accounts {
             .iter()
             .map(|row| KeyInfo {
                 name: row.get(0),
-                kind: row.get(1),
+                kind: KeyKind::parse(row.get(1)),
                 role: row.get(2),
                 grants: row.get(3),
             })

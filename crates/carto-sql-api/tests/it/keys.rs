@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use carto_sql_api::accounts::Grant;
+use carto_sql_api::accounts::{Grant, KeyKind};
 use carto_sql_api::testing::TestServer;
 use serde_json::{json, Value};
 
@@ -181,8 +181,8 @@ async fn bad_grants_leave_nothing_behind() {
     assert!("t:all".parse::<Grant>().is_err());
     let keys = accounts.keys(&user.name).await.unwrap();
     assert_eq!(
-        keys.iter().map(|k| k.kind.as_str()).collect::<Vec<_>>(),
-        ["master", "default"]
+        keys.iter().map(|k| k.kind).collect::<Vec<_>>(),
+        [KeyKind::Master, KeyKind::Default]
     );
 }
 
