@@ -18,7 +18,7 @@ use tower_http::compression::{CompressionLayer, CompressionLevel};
 
 use crate::auth::{decode_form, refuse_nul, Addressed, Identified};
 use crate::copy::statement::{self, Direction};
-use crate::copy::{self as copy_streams, UploadLimits};
+use crate::copy::{self, UploadLimits};
 use crate::error::ApiError;
 use crate::jobs;
 use crate::limits::{self, Group};
@@ -34,7 +34,7 @@ struct Rows(u64);
 
 /// Builds the application.
 pub fn router(state: AppState) -> Router {
-    let copyto = get(copy_to).post(copy_to).layer(
+    let copyto = get(copyto_endpoint).post(copyto_endpoint).layer(
         // The spec lets a server gzip COPY TO itself when the client accepts it; level 1
         // keeps the CPU cost far below PostgreSQL's.
         CompressionLayer::new()
@@ -47,7 +47,7 @@ pub fn router(state: AppState) -> Router {
     let limited = |group| middleware::from_fn_with_state((state.clone(), group), limits::enforce);
     let api = Router::new()
         .merge(route("/sql", get(sql).post(sql)).route_layer(limited(Group::Query)))
-        .merge(route("/sql/copyfrom", post(copy_from)).route_layer(limited(Group::CopyFrom)))
+        .merge(route("/sql/copyfrom", post(copyfrom_endpoint)).route_layer(limited(Group::CopyFrom)))
         .merge(route("/sql/copyto", copyto).route_layer(limited(Group::CopyTo)))
         .merge(route("/sql/job", post(jobs::http::create)))
         .merge(route(
@@ -320,7 +320,7 @@ async fn sql(
 }
 
 /// `POST /sql/copyfrom`: stream the body into `COPY ... FROM STDIN`.
-async fn copy_from(
+async fn copyfrom_endpoint(
     State(state): State<AppState>,
     addressed: Addressed,
     request: Request,
@@ -352,7 +352,7 @@ async fn copy_from(
         max_decompressed: state.config.max_copy_decompressed,
     };
     let started = Instant::now();
-    let rows = copy_streams::copy_from(
+    let rows = copy::copy_from(
         &state.pools,
         &caller,
         &sql,
@@ -383,7 +383,7 @@ const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b')');
 
 /// `GET|POST /sql/copyto`: stream `COPY ... TO STDOUT`.
-async fn copy_to(
+async fn copyto_endpoint(
     State(state): State<AppState>,
     addressed: Addressed,
     headers: HeaderMap,
@@ -402,7 +402,7 @@ async fn copy_to(
         "attachment; filename={}",
         utf8_percent_encode(filename, URI_COMPONENT)
     );
-    let stream = copy_streams::copy_to(
+    let stream = copy::copy_to(
         &state.pools,
         &caller,
         q.unwrap_or_default(),

@@ -178,7 +178,7 @@ fn zlib_message(error: &io::Error) -> String {
 ///
 /// The caller discards the connection whenever this returns an error: the COPY may have been
 /// aborted half-way.
-pub async fn copy_from(
+pub async fn stream_body(
     client: &tokio_postgres::Client,
     sql: &str,
     body: Body,

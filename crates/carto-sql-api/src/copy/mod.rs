@@ -47,7 +47,7 @@ pub async fn copy_from(
             return Err(ApiError::from_pg(&error));
         }
     }
-    match from::copy_from(&client, sql, body, gzip, &limits).await {
+    match from::stream_body(&client, sql, body, gzip, &limits).await {
         Ok(0) => Err(ApiError::bad_request("No rows copied")),
         Ok(rows) => Ok(rows),
         Err(error) => {
@@ -69,5 +69,5 @@ pub async fn copy_to(
         discard(client);
         return Err(ApiError::from_pg(&error));
     }
-    to::copy_to(client, sql).await
+    to::start(client, sql).await
 }

@@ -28,7 +28,7 @@ pub struct CopyToBody {
 const CHUNK: usize = 64 * 1024;
 
 /// Starts `sql` (a checked `COPY ... TO STDOUT`) on `client`.
-pub async fn copy_to(client: Object, sql: &str) -> Result<CopyToBody, ApiError> {
+pub async fn start(client: Object, sql: &str) -> Result<CopyToBody, ApiError> {
     match client.copy_out(sql).await {
         Ok(stream) => Ok(CopyToBody {
             client: Some(client),
