@@ -18,7 +18,7 @@ use tower_http::compression::{CompressionLayer, CompressionLevel};
 
 use crate::auth::{decode_form, refuse_nul, Addressed, Identified};
 use crate::copy::statement::{self, Direction};
-use crate::copy::{self, UploadLimits};
+use crate::copy::{self, BodyEncoding, Upload};
 use crate::error::ApiError;
 use crate::jobs;
 use crate::limits::{self, Group};
@@ -47,7 +47,9 @@ pub fn router(state: AppState) -> Router {
     let limited = |group| middleware::from_fn_with_state((state.clone(), group), limits::enforce);
     let api = Router::new()
         .merge(route("/sql", get(sql).post(sql)).route_layer(limited(Group::Query)))
-        .merge(route("/sql/copyfrom", post(copyfrom_endpoint)).route_layer(limited(Group::CopyFrom)))
+        .merge(
+            route("/sql/copyfrom", post(copyfrom_endpoint)).route_layer(limited(Group::CopyFrom)),
+        )
         .merge(route("/sql/copyto", copyto).route_layer(limited(Group::CopyTo)))
         .merge(route("/sql/job", post(jobs::http::create)))
         .merge(route(
@@ -329,39 +331,13 @@ async fn copyfrom_endpoint(
     let caller = addressed.authenticate(&state, None).await?;
     let q = crate::auth::query_param(parts.uri.query().unwrap_or(""), "q");
     statement::check(q.as_deref(), Direction::FromStdin)?;
-    let sql = q.unwrap_or_default();
-    let gzip = match parts
-        .headers
-        .get(header::CONTENT_ENCODING)
-        // Not visible ASCII is not a coding this server knows: refused below, not ignored.
-        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
-        .as_deref()
-    {
-        None | Some("") | Some("identity") => false,
-        Some("gzip") | Some("x-gzip") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "Unsupported Content-Encoding '{other}': send gzip or no encoding"
-            )))
-        }
-    };
-    let limits = UploadLimits {
-        max_post_size: state.config.max_post_size,
-        max_post_size_label: state.config.max_post_size_label.clone(),
-        quota_remaining: None,
-        max_decompressed: state.config.max_copy_decompressed,
+    let upload = Upload {
+        sql: q.unwrap_or_default(),
+        body,
+        encoding: BodyEncoding::of(&parts.headers)?,
     };
     let started = Instant::now();
-    let rows = copy::copy_from(
-        &state.pools,
-        &caller,
-        &sql,
-        body,
-        gzip,
-        limits,
-        &state.config.copy_timeout,
-    )
-    .await?;
+    let rows = copy::copy_from(&state.pools, &caller, upload, &state.config).await?;
     let mut response = json_answer(&json!({
         "time": started.elapsed().as_secs_f64(),
         "total_rows": rows,

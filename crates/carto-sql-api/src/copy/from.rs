@@ -16,6 +16,7 @@ use futures::{SinkExt, Stream, StreamExt};
 use tokio::io::AsyncReadExt;
 use tokio_util::io::StreamReader;
 
+use super::{BodyEncoding, Upload};
 use crate::error::ApiError;
 
 /// How much decoded data is read from the gzip decoder at a time.
@@ -27,7 +28,7 @@ const DRAIN_TIME: Duration = Duration::from_secs(30);
 
 /// Limits applied to one upload.
 #[derive(Debug, Clone)]
-pub struct UploadLimits {
+pub(crate) struct UploadLimits {
     /// Maximum bytes received (compressed, if gzip).
     pub max_post_size: u64,
     /// How the limit is named in the error message (e.g. `2 GB`).
@@ -180,11 +181,16 @@ fn zlib_message(error: &io::Error) -> String {
 /// aborted half-way.
 pub async fn stream_body(
     client: &tokio_postgres::Client,
-    sql: &str,
-    body: Body,
-    gzip: bool,
+    upload: Upload,
     limits: &UploadLimits,
 ) -> Result<u64, ApiError> {
+    let Upload {
+        sql,
+        body,
+        encoding,
+    } = upload;
+    let sql = sql.as_str();
+    let gzip = encoding == BodyEncoding::Gzip;
     let mut source = Source::new(body, gzip, limits.max_post_size);
     let sink = match client.copy_in::<_, Bytes>(sql).await {
         Ok(sink) => sink,

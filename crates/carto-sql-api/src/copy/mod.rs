@@ -5,24 +5,69 @@ pub mod statement;
 mod to;
 
 use axum::body::Body;
+use axum::http::{header, HeaderMap};
 
-pub use from::UploadLimits;
+use from::UploadLimits;
 pub use to::CopyToBody;
 
 use crate::auth::Caller;
 use crate::db::{discard, set_statement_timeout, Pools};
 use crate::error::ApiError;
+use crate::Config;
 
-/// Runs a checked `COPY ... FROM STDIN` for `caller`, fed from `body`; returns the row count.
+/// How an upload's body is encoded (its `Content-Encoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyEncoding {
+    /// As it is.
+    Plain,
+    /// gzip, one member or several concatenated.
+    Gzip,
+}
+
+impl BodyEncoding {
+    /// Reads `Content-Encoding`: none or `identity`, else `gzip` (or `x-gzip`); any other
+    /// coding is a 400.
+    pub fn of(headers: &HeaderMap) -> Result<Self, ApiError> {
+        match headers
+            .get(header::CONTENT_ENCODING)
+            // Not visible ASCII is not a coding this server knows: refused below, not ignored.
+            .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("") | Some("identity") => Ok(BodyEncoding::Plain),
+            Some("gzip") | Some("x-gzip") => Ok(BodyEncoding::Gzip),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "Unsupported Content-Encoding '{other}': send gzip or no encoding"
+            ))),
+        }
+    }
+}
+
+/// A checked `COPY ... FROM STDIN` and the body that feeds it.
+#[derive(Debug)]
+pub struct Upload {
+    /// The statement, already checked by [`statement::check`].
+    pub sql: String,
+    /// The data.
+    pub body: Body,
+    /// How the data is encoded.
+    pub encoding: BodyEncoding,
+}
+
+/// Runs `upload` for `caller` under the server's limits (`config`); returns the row count.
 pub async fn copy_from(
     pools: &Pools,
     caller: &Caller,
-    sql: &str,
-    body: Body,
-    gzip: bool,
-    mut limits: UploadLimits,
-    statement_timeout: &str,
+    upload: Upload,
+    config: &Config,
 ) -> Result<u64, ApiError> {
+    let mut limits = UploadLimits {
+        max_post_size: config.max_post_size,
+        max_post_size_label: config.max_post_size_label.clone(),
+        quota_remaining: None,
+        max_decompressed: config.max_copy_decompressed,
+    };
+    let statement_timeout = config.copy_timeout.as_str();
     let client = pools.get(&caller.key).await?;
     let prepared = async {
         set_statement_timeout(&client, statement_timeout).await?;
@@ -47,7 +92,7 @@ pub async fn copy_from(
             return Err(ApiError::from_pg(&error));
         }
     }
-    match from::stream_body(&client, sql, body, gzip, &limits).await {
+    match from::stream_body(&client, upload, &limits).await {
         Ok(0) => Err(ApiError::bad_request("No rows copied")),
         Ok(rows) => Ok(rows),
         Err(error) => {
