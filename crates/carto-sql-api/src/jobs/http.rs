@@ -26,20 +26,10 @@ pub(crate) async fn create(
     addressed: Addressed,
     request: Request,
 ) -> Response {
-    let (parts, body) = request.into_parts();
-    let body = match read_body(&parts.headers, body).await {
+    let body = match job_body(request).await {
         Ok(body) => body,
         Err(error) => return error.into_response(),
     };
-    let size = payload_length(&body);
-    if size > MAX_PAYLOAD {
-        return ApiError::bad_request(format!(
-            "Your payload is too large: {size} bytes. Max size allowed is {MAX_PAYLOAD} bytes \
-             (16kb). Are you trying to import data?. Please, check out import api \
-             http://docs.cartodb.com/cartodb-platform/import-api/"
-        ))
-        .into_response();
-    }
     let username = addressed.user.username.clone();
     limited(&state, &username, Group::JobCreate, async {
         let caller = master(&state, addressed, Some(&body)).await?;
@@ -92,20 +82,10 @@ pub(crate) async fn update(
     request: Request,
 ) -> Response {
     let id = params.get("id").cloned().unwrap_or_default();
-    let (parts, body) = request.into_parts();
-    let body = match read_body(&parts.headers, body).await {
+    let body = match job_body(request).await {
         Ok(body) => body,
         Err(error) => return error.into_response(),
     };
-    let size = payload_length(&body);
-    if size > MAX_PAYLOAD {
-        return ApiError::bad_request(format!(
-            "Your payload is too large: {size} bytes. Max size allowed is {MAX_PAYLOAD} bytes \
-             (16kb). Are you trying to import data?. Please, check out import api \
-             http://docs.cartodb.com/cartodb-platform/import-api/"
-        ))
-        .into_response();
-    }
     let username = addressed.user.username.clone();
     limited(&state, &username, Group::JobCreate, async {
         let caller = master(&state, addressed, Some(&body)).await?;
@@ -157,6 +137,22 @@ async fn master(
         return Err(ApiError::forbidden("permission denied"));
     }
     Ok(caller)
+}
+
+/// A job request's body, checked against the 16 KiB payload limit (which the spec checks
+/// right after parsing, before the rate limit and the key).
+async fn job_body(request: Request) -> Result<Value, ApiError> {
+    let (parts, body) = request.into_parts();
+    let body = read_body(&parts.headers, body).await?;
+    let size = payload_length(&body);
+    if size > MAX_PAYLOAD {
+        return Err(ApiError::bad_request(format!(
+            "Your payload is too large: {size} bytes. Max size allowed is {MAX_PAYLOAD} bytes \
+             (16kb). Are you trying to import data?. Please, check out import api \
+             http://docs.cartodb.com/cartodb-platform/import-api/"
+        )));
+    }
+    Ok(body)
 }
 
 /// The body as JSON: parsed if JSON, else decoded as a (nested) form.

@@ -270,13 +270,7 @@ impl Jobs {
     /// the front of their users' queues, for this or another server to run again.
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
-        let handle = self
-            .inner
-            .dispatcher
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(handle) = handle {
+        if let Some(handle) = self.take_dispatcher() {
             let _ = handle.await;
         }
     }
@@ -284,15 +278,18 @@ impl Jobs {
     /// Stops the workers at once, as if the process died: their connections close, so their
     /// user locks are released and another server re-queues what they were running.
     pub fn abort_workers(&self) {
-        let handle = self
-            .inner
+        if let Some(handle) = self.take_dispatcher() {
+            handle.abort();
+        }
+    }
+
+    /// The dispatcher's task, if it runs; afterwards none is recorded.
+    fn take_dispatcher(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.inner
             .dispatcher
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(handle) = handle {
-            handle.abort();
-        }
+            .take()
     }
 
     /// Queues a job for `user`, to run as `db_role`; returns its JSON.
