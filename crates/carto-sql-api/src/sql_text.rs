@@ -4,6 +4,10 @@
 //!
 //! Written by hand because general SQL parsers reject valid PostgreSQL COPY options (old-style
 //! `WITH CSV HEADER`, `FORCE_NOT_NULL`, ...) and the server only needs tokens, not a grammar.
+//!
+//! Every question the server asks of a statement's text is answered here, from its tokens
+//! (`/sql`'s paging and transactions, the system-table guard, batch commit markers); the COPY
+//! endpoints' shape check is `copy::statement`, over the same tokens.
 
 /// One lexical token.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,6 +191,104 @@ fn dollar_tag_len(bytes: &[u8]) -> Option<usize> {
     None
 }
 
+// ---------------------------------------------------------------------------------------------
+// What the server needs to know of a statement, each answered from its tokens.
+// ---------------------------------------------------------------------------------------------
+
+/// A statement the paging wrapper applies to: it starts with `SELECT` and does not end with
+/// `INTO name` (which would make it a `SELECT INTO` creating a table).
+pub(crate) fn is_plain_select(statement: &str) -> bool {
+    let Ok(tokens) = tokenize(statement) else {
+        return false;
+    };
+    let tokens: Vec<&Token> = tokens.iter().map(|(_, t)| t).collect();
+    let starts = tokens.first().is_some_and(|t| t.is_word("select"));
+    let into = tokens.len() >= 2
+        && tokens[tokens.len() - 2].is_word("into")
+        && matches!(
+            tokens[tokens.len() - 1],
+            Token::Word(_) | Token::QuotedIdent(_)
+        );
+    starts && !into
+}
+
+pub(crate) fn is_copy_from_stdin(statement: &str) -> bool {
+    let tokens: Vec<Token> = match tokenize(statement) {
+        Ok(t) => t.into_iter().map(|(_, t)| t).collect(),
+        Err(_) => return false,
+    };
+    tokens.first().is_some_and(|t| t.is_word("copy"))
+        && tokens
+            .windows(2)
+            .any(|w| w[0].is_word("from") && w[1].is_word("stdin"))
+}
+
+pub(crate) fn is_transaction_control(statement: &str) -> bool {
+    let first = tokenize(statement)
+        .ok()
+        .and_then(|t| t.into_iter().next().map(|(_, t)| t));
+    first.is_some_and(|t| {
+        [
+            "begin",
+            "start",
+            "commit",
+            "end",
+            "rollback",
+            "abort",
+            "savepoint",
+            "release",
+            "prepare",
+        ]
+        .iter()
+        .any(|w| t.is_word(w))
+    })
+}
+
+/// True when PostgreSQL can EXPLAIN `statement` (queries and DML, `CREATE TABLE ... AS`);
+/// other statements read no table through a plan.
+pub(crate) fn explainable(statement: &str) -> bool {
+    let Ok(tokens) = tokenize(statement) else {
+        return false;
+    };
+    let mut words = tokens.iter().map(|(_, t)| t);
+    let Some(first) = words.next() else {
+        return false;
+    };
+    if [
+        "select", "with", "values", "table", "insert", "update", "delete", "merge", "execute",
+        "declare",
+    ]
+    .iter()
+    .any(|w| first.is_word(w))
+    {
+        return true;
+    }
+    // CREATE [TEMP|UNLOGGED...] TABLE|MATERIALIZED VIEW ... AS query
+    first.is_word("create")
+        && tokens
+            .iter()
+            .take(4)
+            .any(|(_, t)| t.is_word("table") || t.is_word("materialized"))
+        && tokens.iter().any(|(_, t)| t.is_word("as"))
+}
+
+/// Whether PostgreSQL refuses `sql` inside a transaction block or a multi-statement string, so
+/// that it cannot carry a commit marker.
+pub(crate) fn refuses_transactions(sql: &str) -> bool {
+    let Ok(tokens) = crate::sql_text::tokenize(sql) else {
+        return true;
+    };
+    let words: Vec<_> = tokens.iter().map(|(_, t)| t).collect();
+    let first = |w: &str| words.first().is_some_and(|t| t.is_word(w));
+    let second = |w: &str| words.get(1).is_some_and(|t| t.is_word(w));
+    first("vacuum")
+        || first("cluster")
+        || first("reindex")
+        || (first("alter") && second("system"))
+        || ((first("create") || first("drop")) && (second("database") || second("tablespace")))
+        || words.iter().any(|t| t.is_word("concurrently"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +389,50 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn statement_shapes() {
+        assert!(is_copy_from_stdin("copy t from stdin"));
+        assert!(!is_copy_from_stdin("copy t to stdout"));
+        assert!(is_plain_select("SELECT * FROM t"));
+        assert!(!is_plain_select("select * from t into x"));
+        assert!(!is_plain_select("WITH x AS (SELECT 1) SELECT * FROM x"));
+        assert!(is_transaction_control("begin"));
+    }
+
+    #[test]
+    fn what_can_be_explained() {
+        assert!(explainable("SELECT 1"));
+        assert!(explainable("with x as (select 1) select * from x"));
+        assert!(explainable("INSERT INTO t VALUES (1)"));
+        assert!(explainable("create temp table x as select 1"));
+        assert!(!explainable("CREATE TABLE t (id int)"));
+        assert!(!explainable("DROP TABLE t"));
+        assert!(!explainable("SET statement_timeout = 0"));
+    }
+
+    #[test]
+    fn statements_that_refuse_a_transaction() {
+        for sql in [
+            "VACUUM t",
+            "vacuum (analyze) t",
+            "CREATE INDEX CONCURRENTLY i ON t (x)",
+            "reindex table t",
+            "DROP DATABASE x",
+            "ALTER SYSTEM SET work_mem = '1MB'",
+            "SELECT 'unterminated",
+        ] {
+            assert!(refuses_transactions(sql), "{sql}");
+        }
+        for sql in [
+            "SELECT 1",
+            "INSERT INTO t VALUES ('vacuum concurrently')",
+            "CREATE TABLE concurrently_t (x int)",
+            "UPDATE t SET x = 1; DELETE FROM t",
+        ] {
+            assert!(!refuses_transactions(sql), "{sql}");
         }
     }
 }

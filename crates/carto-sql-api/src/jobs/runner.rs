@@ -10,6 +10,7 @@ use tokio_postgres::NoTls;
 use super::dispatch::OwnedConnection;
 use super::model::{fill_template, JobQuery, Kind, Query, Status};
 use super::{Inner, JobRow, Jobs};
+use crate::sql_text::refuses_transactions;
 
 /// How often a running job's status is read back, so a cancel or a lost lock is noticed even
 /// when the cancel request could not reach the backend.
@@ -35,23 +36,6 @@ pub(super) fn query_step(i: usize) -> String {
 /// Step name of the fallback of the `i`th query of a fallback job.
 pub(super) fn fallback_step(i: usize) -> String {
     format!("f{i}")
-}
-
-/// Whether PostgreSQL refuses `sql` inside a transaction block or a multi-statement string, so
-/// that it cannot carry a commit marker.
-fn refuses_transactions(sql: &str) -> bool {
-    let Ok(tokens) = crate::sql_text::tokenize(sql) else {
-        return true;
-    };
-    let words: Vec<_> = tokens.iter().map(|(_, t)| t).collect();
-    let first = |w: &str| words.first().is_some_and(|t| t.is_word(w));
-    let second = |w: &str| words.get(1).is_some_and(|t| t.is_word(w));
-    first("vacuum")
-        || first("cluster")
-        || first("reindex")
-        || (first("alter") && second("system"))
-        || ((first("create") || first("drop")) && (second("database") || second("tablespace")))
-        || words.iter().any(|t| t.is_word("concurrently"))
 }
 
 /// Why a query stopped without a result of its own.
@@ -526,34 +510,6 @@ impl Run<'_> {
                     return save_running(self.lock, job).await;
                 }
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn statements_that_refuse_a_transaction() {
-        for sql in [
-            "VACUUM t",
-            "vacuum (analyze) t",
-            "CREATE INDEX CONCURRENTLY i ON t (x)",
-            "reindex table t",
-            "DROP DATABASE x",
-            "ALTER SYSTEM SET work_mem = '1MB'",
-            "SELECT 'unterminated",
-        ] {
-            assert!(refuses_transactions(sql), "{sql}");
-        }
-        for sql in [
-            "SELECT 1",
-            "INSERT INTO t VALUES ('vacuum concurrently')",
-            "CREATE TABLE concurrently_t (x int)",
-            "UPDATE t SET x = 1; DELETE FROM t",
-        ] {
-            assert!(!refuses_transactions(sql), "{sql}");
         }
     }
 }

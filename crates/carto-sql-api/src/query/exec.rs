@@ -231,7 +231,7 @@ async fn run_statement(
     out: &mut Output,
     progress: &mut Progress,
 ) -> Result<(), Failure> {
-    if plan.guard && guard::explainable(&statement.sql) {
+    if plan.guard && crate::sql_text::explainable(&statement.sql) {
         // Checked right before running, so that tables created by earlier statements exist.
         let explained = client
             .simple_query(&guard::explain_sql(&statement.sql))

@@ -6,39 +6,10 @@
 use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::sql_text::tokenize;
 
 /// The error of a statement that reads a system table.
 pub fn forbidden() -> ApiError {
     ApiError::forbidden("system tables are forbidden")
-}
-
-/// True when PostgreSQL can EXPLAIN `statement` (queries and DML, `CREATE TABLE ... AS`);
-/// other statements read no table through a plan.
-pub fn explainable(statement: &str) -> bool {
-    let Ok(tokens) = tokenize(statement) else {
-        return false;
-    };
-    let mut words = tokens.iter().map(|(_, t)| t);
-    let Some(first) = words.next() else {
-        return false;
-    };
-    if [
-        "select", "with", "values", "table", "insert", "update", "delete", "merge", "execute",
-        "declare",
-    ]
-    .iter()
-    .any(|w| first.is_word(w))
-    {
-        return true;
-    }
-    // CREATE [TEMP|UNLOGGED...] TABLE|MATERIALIZED VIEW ... AS query
-    first.is_word("create")
-        && tokens
-            .iter()
-            .take(4)
-            .any(|(_, t)| t.is_word("table") || t.is_word("materialized"))
-        && tokens.iter().any(|(_, t)| t.is_word("as"))
 }
 
 /// The `EXPLAIN` that lists what `statement` reads.
@@ -111,16 +82,5 @@ mod tests {
         assert!(!reads_system_table(
             r#"[{"Plan": {"Node Type": "Result"}}]"#
         ));
-    }
-
-    #[test]
-    fn what_can_be_explained() {
-        assert!(explainable("SELECT 1"));
-        assert!(explainable("with x as (select 1) select * from x"));
-        assert!(explainable("INSERT INTO t VALUES (1)"));
-        assert!(explainable("create temp table x as select 1"));
-        assert!(!explainable("CREATE TABLE t (id int)"));
-        assert!(!explainable("DROP TABLE t"));
-        assert!(!explainable("SET statement_timeout = 0"));
     }
 }

@@ -18,7 +18,9 @@ use chrono::Utc;
 use crate::auth::Caller;
 use crate::db::{quote_ident, Pools};
 use crate::error::ApiError;
-use crate::sql_text::{split_statements, tokenize, Token};
+use crate::sql_text::{
+    is_copy_from_stdin, is_plain_select, is_transaction_control, split_statements,
+};
 
 /// Output formats the server writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -357,68 +359,9 @@ fn may_write(q: &str) -> bool {
         })
 }
 
-/// A statement the paging wrapper applies to: it starts with `SELECT` and does not end with
-/// `INTO name` (which would make it a `SELECT INTO` creating a table).
-fn is_plain_select(statement: &str) -> bool {
-    let Ok(tokens) = tokenize(statement) else {
-        return false;
-    };
-    let tokens: Vec<&Token> = tokens.iter().map(|(_, t)| t).collect();
-    let starts = tokens.first().is_some_and(|t| t.is_word("select"));
-    let into = tokens.len() >= 2
-        && tokens[tokens.len() - 2].is_word("into")
-        && matches!(
-            tokens[tokens.len() - 1],
-            Token::Word(_) | Token::QuotedIdent(_)
-        );
-    starts && !into
-}
-
-fn is_copy_from_stdin(statement: &str) -> bool {
-    let tokens: Vec<Token> = match tokenize(statement) {
-        Ok(t) => t.into_iter().map(|(_, t)| t).collect(),
-        Err(_) => return false,
-    };
-    tokens.first().is_some_and(|t| t.is_word("copy"))
-        && tokens
-            .windows(2)
-            .any(|w| w[0].is_word("from") && w[1].is_word("stdin"))
-}
-
-fn is_transaction_control(statement: &str) -> bool {
-    let first = tokenize(statement)
-        .ok()
-        .and_then(|t| t.into_iter().next().map(|(_, t)| t));
-    first.is_some_and(|t| {
-        [
-            "begin",
-            "start",
-            "commit",
-            "end",
-            "rollback",
-            "abort",
-            "savepoint",
-            "release",
-            "prepare",
-        ]
-        .iter()
-        .any(|w| t.is_word(w))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn statement_shapes() {
-        assert!(is_copy_from_stdin("copy t from stdin"));
-        assert!(!is_copy_from_stdin("copy t to stdout"));
-        assert!(is_plain_select("SELECT * FROM t"));
-        assert!(!is_plain_select("select * from t into x"));
-        assert!(!is_plain_select("WITH x AS (SELECT 1) SELECT * FROM x"));
-        assert!(is_transaction_control("begin"));
-    }
 
     #[test]
     fn formats() {
