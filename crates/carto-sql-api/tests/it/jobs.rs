@@ -38,13 +38,13 @@ async fn create(server: &TestServer, user: &TestUser, query: Value) -> (u16, Val
     .await
 }
 
-async fn created(server: &TestServer, user: &TestUser, query: Value) -> String {
+pub(crate) async fn created(server: &TestServer, user: &TestUser, query: Value) -> String {
     let (status, job) = create(server, user, query).await;
     assert_eq!(status, 201, "{job}");
     job["job_id"].as_str().unwrap().to_string()
 }
 
-async fn job(server: &TestServer, user: &TestUser, id: &str) -> Value {
+pub(crate) async fn job(server: &TestServer, user: &TestUser, id: &str) -> Value {
     let (status, job) = answer(
         http()
             .get(format!("{}/{id}", jobs_url(server, user)))
@@ -55,7 +55,7 @@ async fn job(server: &TestServer, user: &TestUser, id: &str) -> Value {
     job
 }
 
-async fn cancel(server: &TestServer, user: &TestUser, id: &str) -> (u16, Value) {
+pub(crate) async fn cancel(server: &TestServer, user: &TestUser, id: &str) -> (u16, Value) {
     answer(
         http()
             .delete(format!("{}/{id}", jobs_url(server, user)))
@@ -65,7 +65,7 @@ async fn cancel(server: &TestServer, user: &TestUser, id: &str) -> (u16, Value) 
 }
 
 /// Polls until the job's status is one of `statuses`; panics after `limit`.
-async fn wait_for(
+pub(crate) async fn wait_for(
     server: &TestServer,
     user: &TestUser,
     id: &str,
@@ -87,7 +87,7 @@ async fn wait_for(
     }
 }
 
-async fn finished(server: &TestServer, user: &TestUser, id: &str) -> Value {
+pub(crate) async fn finished(server: &TestServer, user: &TestUser, id: &str) -> Value {
     wait_for(
         server,
         user,

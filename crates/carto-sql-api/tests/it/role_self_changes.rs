@@ -159,35 +159,12 @@ async fn batch_jobs_run_after_their_role_changed_itself() {
         let (status, body) = sql_as(&server, &user, Some(&user.api_key), change).await;
         assert_eq!(status, 200, "{change}: {body}");
     }
-    let client = support::http();
-    let url = format!("{}/sql/job", server.api_url(&user));
-    let created: Value = client
-        .post(&url)
-        .query(&[("api_key", &user.api_key)])
-        .json(&serde_json::json!({ "query": "CREATE TABLE made_by_a_job (x int)" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["job_id"].as_str().unwrap().to_string();
-    let started = std::time::Instant::now();
-    let job = loop {
-        let job: Value = client
-            .get(format!("{url}/{id}"))
-            .query(&[("api_key", &user.api_key)])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if !["pending", "running"].contains(&job["status"].as_str().unwrap_or("")) {
-            break job;
-        }
-        assert!(started.elapsed().as_secs() < 60, "{job}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let id = crate::jobs::created(
+        &server,
+        &user,
+        serde_json::json!("CREATE TABLE made_by_a_job (x int)"),
+    )
+    .await;
+    let job = crate::jobs::finished(&server, &user, &id).await;
     assert_eq!(job["status"], "done", "{job}");
 }

@@ -8,10 +8,11 @@
 use std::time::{Duration, Instant};
 
 use carto_sql_api::testing::{TestServer, TestUser};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use sha2::Digest;
 
+use crate::jobs::{cancel, created, finished, wait_for};
 use crate::support::{cli, copy_from, database_url, http, sql};
 
 /// The objects a tenant plants: each calls `public.escalate`, which, when it runs as a
@@ -95,53 +96,6 @@ async fn escalations(server: &TestServer, user: &TestUser) -> (Vec<String>, Vec<
     (roles, pwned)
 }
 
-async fn job(server: &TestServer, user: &TestUser, method: reqwest::Method, id: &str) -> Value {
-    let url = format!("{}/sql/job/{id}", server.api_url(user));
-    http()
-        .request(method, url)
-        .query(&[("api_key", &user.api_key)])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-async fn create_job(server: &TestServer, user: &TestUser, query: Value) -> String {
-    let response: Value = http()
-        .post(format!("{}/sql/job", server.api_url(user)))
-        .query(&[("api_key", &user.api_key)])
-        .json(&json!({ "query": query }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    response["job_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no job: {response}"))
-        .to_string()
-}
-
-async fn wait_for_status(server: &TestServer, user: &TestUser, id: &str, wanted: &[&str]) {
-    let start = Instant::now();
-    loop {
-        let job = job(server, user, reqwest::Method::GET, id).await;
-        let status = job["status"].as_str().unwrap_or("");
-        if wanted.contains(&status) {
-            return;
-        }
-        assert!(!["failed", "cancelled"].contains(&status), "{job}");
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "job never reached {wanted:?}: {job}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Every privileged path, run after the tenant planted its traps, leaves the tenant where it was.
 #[tokio::test]
 async fn shadowing_objects_never_run_as_superuser() {
@@ -203,16 +157,17 @@ async fn shadowing_objects_never_run_as_superuser() {
     .await;
 
     // A batch job (the worker prepares the database as superuser) ...
-    let id = create_job(
+    let id = created(
         &server,
         &user,
         json!(["INSERT INTO cities (name) VALUES ('Bilbao')"]),
     )
     .await;
-    wait_for_status(&server, &user, &id, &["done"]).await;
+    let job = finished(&server, &user, &id).await;
+    assert_eq!(job["status"], "done", "{job}");
     // ... and one left running by a server that dies: the next server recovers it.
-    let id = create_job(&server, &user, json!("SELECT pg_sleep(30)")).await;
-    wait_for_status(&server, &user, &id, &["running"]).await;
+    let id = created(&server, &user, json!("SELECT pg_sleep(30)")).await;
+    wait_for(&server, &user, &id, &["running"], Duration::from_secs(60)).await;
     drop(server);
     let server = TestServer::start().await;
     let mut meta = carto_sql_api::testing::cluster();
@@ -230,7 +185,7 @@ async fn shadowing_objects_never_run_as_superuser() {
         assert!(start.elapsed() < Duration::from_secs(60), "never recovered");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    job(&server, &user, reqwest::Method::DELETE, &id).await;
+    cancel(&server, &user, &id).await;
 
     let (superusers, pwned) = escalations(&server, &user).await;
     assert!(
