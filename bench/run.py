@@ -264,7 +264,7 @@ def main():
             if len(set(sizes.values())) > 1:
                 raise SystemExit(f"bench: COPY TO outputs differ in size: {sizes}")
             results.extend(by_name.values())
-            out.unlink()
+            out.unlink(missing_ok=True)
             path.unlink()
     finally:
         server.stop()
