@@ -51,13 +51,15 @@ use anyhow::{Context, Result};
 use crate::accounts::Accounts;
 use crate::db::{PoolSettings, Pools};
 
+/// The default largest COPY FROM body: 2 GiB, as upstream's.
+pub const DEFAULT_MAX_POST_SIZE: u64 = 2 * 1024 * 1024 * 1024;
+
 /// Server settings.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Largest COPY FROM body accepted, in bytes received (compressed if gzip). Default 2 GiB.
+    /// Largest COPY FROM body accepted, in bytes received (compressed if gzip). Default 2 GiB,
+    /// named `2 GB` in its error message as upstream names it; other sizes in bytes.
     pub max_post_size: u64,
-    /// How that limit is named in its error message. Default `2 GB`.
-    pub max_post_size_label: String,
     /// `statement_timeout` for COPY statements, in PostgreSQL's syntax. Default `5h`.
     pub copy_timeout: String,
     /// Connections of each master key's pool. Default 16.
@@ -95,8 +97,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            max_post_size: 2 * 1024 * 1024 * 1024,
-            max_post_size_label: "2 GB".into(),
+            max_post_size: DEFAULT_MAX_POST_SIZE,
             copy_timeout: "5h".into(),
             pool_size: 16,
             user_connections: 8,

@@ -320,11 +320,6 @@ async fn run_command(
         } => {
             let mut config = Config {
                 max_post_size,
-                max_post_size_label: if max_post_size == Config::default().max_post_size {
-                    "2 GB".into()
-                } else {
-                    format!("{max_post_size} bytes")
-                },
                 copy_timeout,
                 pool_size,
                 query_timeout,

@@ -32,7 +32,6 @@ pub(crate) struct UploadLimits {
     /// Maximum bytes received (compressed, if gzip).
     pub max_post_size: u64,
     /// How the limit is named in the error message (e.g. `2 GB`).
-    pub max_post_size_label: String,
     /// Decoded bytes the user's quota still allows; `None` = unlimited.
     pub quota_remaining: Option<u64>,
     /// Largest body once gunzipped, in bytes; `None` = no limit of its own.
@@ -51,6 +50,16 @@ enum UploadError {
     /// The gzip data is broken.
     #[error("the body's gzip data is broken: {0}")]
     Gunzip(String),
+}
+
+/// How a maximum POST size is named in its error: upstream's default as upstream names it
+/// (`2 GB`), any other in bytes.
+fn size_label(bytes: u64) -> String {
+    if bytes == crate::DEFAULT_MAX_POST_SIZE {
+        "2 GB".into()
+    } else {
+        format!("{bytes} bytes")
+    }
 }
 
 /// The request body as a stream of raw bytes that enforces the maximum POST size.
@@ -214,7 +223,7 @@ pub async fn stream_body(
             Err(UploadError::TooLarge) => {
                 break Some(ApiError::bad_request(format!(
                     "COPY FROM maximum POST size of {} exceeded",
-                    limits.max_post_size_label
+                    size_label(limits.max_post_size)
                 )))
             }
             Err(UploadError::Gunzip(message)) => {

@@ -63,7 +63,6 @@ pub async fn copy_from(
 ) -> Result<u64, ApiError> {
     let mut limits = UploadLimits {
         max_post_size: config.max_post_size,
-        max_post_size_label: config.max_post_size_label.clone(),
         quota_remaining: None,
         max_decompressed: config.max_copy_decompressed,
     };

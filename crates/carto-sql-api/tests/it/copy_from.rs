@@ -201,7 +201,6 @@ async fn a_bad_row_deep_in_a_large_upload_commits_nothing() {
 async fn post_size_limit_and_quota_abort_the_copy() {
     let server = TestServer::with_config(Config {
         max_post_size: 10,
-        max_post_size_label: "10 bytes".into(),
         ..Config::default()
     })
     .await;

@@ -174,7 +174,6 @@ async fn timeout_is_a_429_that_is_not_retried() {
 async fn max_post_size() {
     let server = TestServer::with_config(carto_sql_api::Config {
         max_post_size: 1000,
-        max_post_size_label: "1000 bytes".into(),
         ..Default::default()
     })
     .await;
