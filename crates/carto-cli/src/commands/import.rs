@@ -567,15 +567,10 @@ fn plan_append(
     if !args.types.is_empty() {
         bail!("--type sets the types of a new table; rows appended to {table} take its own");
     }
-    let format = match file.format {
-        Format::Csv => None,
-        Format::GeoJson => Some("GeoJSON"),
-        Format::GeoPackage { .. } => Some("a GeoPackage"),
-    };
-    if let Some(format) = format {
+    if file.format == Format::GeoJson {
         bail!(
-            "appending {format} to an existing table is not supported yet: import it into a \
-             new table (nothing was imported)"
+            "appending GeoJSON to an existing table is not supported yet: import it into a new \
+             table (nothing was imported)"
         );
     }
     if let Some((unknown, all)) = missing_columns(&file.names, columns) {
@@ -586,13 +581,25 @@ fn plan_append(
         );
     }
     let staging = staging_name(table);
-    let definitions: Vec<String> = file
+    // A GeoPackage's geometries are staged as they come (in the file's SRID, maybe with Z or
+    // M) and made what a CARTO table's the_geom holds as they are inserted.
+    let ewkb_geometry = matches!(file.format, Format::GeoPackage { .. });
+    let (definitions, mut values): (Vec<String>, Vec<String>) = file
         .names
         .iter()
-        .map(|n| format!("{} {}", ident(n), type_of(n).expect("checked above")))
-        .collect();
+        .map(|n| {
+            if ewkb_geometry && n == "the_geom" {
+                (
+                    "the_geom geometry".to_string(),
+                    "ST_Transform(ST_Force2D(the_geom), 4326)".to_string(),
+                )
+            } else {
+                let ty = type_of(n).expect("checked above");
+                (format!("{} {ty}", ident(n)), ident(n))
+            }
+        })
+        .unzip();
     let mut targets: Vec<String> = file.names.iter().map(|n| ident(n)).collect();
-    let mut values = targets.clone();
     let fills_geometry =
         type_of("the_geom").is_some() && !file.names.iter().any(|n| n == "the_geom");
     if let Some((lon, lat)) = lon_lat(&file.names, &file.types).filter(|_| fills_geometry) {

@@ -702,7 +702,7 @@ async fn a_geopackage_file() {
         ])
     );
 
-    // Appending is refused before anything is loaded.
+    // Appended rows are transformed to 4326 and made 2D as they are inserted.
     import(
         &server,
         &user,
@@ -717,13 +717,33 @@ async fn a_geopackage_file() {
             "append",
         ],
     )
-    .failure()
-    .stderr(predicate::str::contains(
-        "appending a GeoPackage to an existing table is not supported yet",
-    ));
+    .success()
+    .stderr(predicate::str::contains("appended 2 rows"));
+    import(
+        &server,
+        &user,
+        dir.path(),
+        &file,
+        &["--layer", "places", "--if-exists", "append"],
+    )
+    .success()
+    .stderr(predicate::str::contains("appended 5 rows"));
+    let appended = sql(
+        &server,
+        &user,
+        "SELECT (SELECT string_agg(cartodb_id || ' ' || ST_AsText(ST_SnapToGrid(the_geom, \
+         0.000001)), ', ' ORDER BY cartodb_id) FROM roads_4326) AS roads, \
+         (SELECT string_agg(cartodb_id || ' ' || coalesce(ST_AsText(the_geom), '-') || ' ' \
+         || coalesce(code, '-'), ', ' ORDER BY cartodb_id) FROM places WHERE cartodb_id > 5) \
+         AS places",
+    )
+    .await;
     assert_eq!(
-        sql(&server, &user, "SELECT count(*) AS n FROM roads_4326").await[0]["n"],
-        2
+        appended,
+        serde_json::json!([{
+            "roads": "1 POINT(0 0), 2 POINT(1 0), 3 POINT(0 0), 4 POINT(1 0)",
+            "places": "6 POINT(2.17 41.38) , 7 POLYGON((0 0,1 0,1 1,0 0)) -, 8 - -, 9 - -, 10 POINT(1 2) -",
+        }])
     );
 }
 
