@@ -472,6 +472,26 @@ mod tests {
     }
 
     #[test]
+    fn spatial_reference_systems_map_to_epsg_codes() {
+        let db = Connection::open_in_memory().unwrap();
+        db.execute_batch(
+            "CREATE TABLE gpkg_spatial_ref_sys (srs_id INTEGER PRIMARY KEY, organization TEXT,
+               organization_coordsys_id INTEGER);
+             INSERT INTO gpkg_spatial_ref_sys VALUES
+               (-1, 'NONE', -1), (0, 'NONE', 0), (4326, 'EPSG', 4326), (100, 'epsg', 25830),
+               (200, 'ESRI', 54009);",
+        )
+        .unwrap();
+        let srids = spatial_references(&db).unwrap();
+        assert_eq!(srids[&0], Ok(4326));
+        assert_eq!(srids[&4326], Ok(4326));
+        assert_eq!(srids[&100], Ok(25830));
+        assert!(srids[&-1].is_err());
+        let esri = srids[&200].clone().unwrap_err();
+        assert!(esri.contains("(ESRI 54009) is not an EPSG"), "{esri}");
+    }
+
+    #[test]
     fn declared_types() {
         assert_eq!(sql_type("INTEGER").1, "bigint");
         assert_eq!(sql_type("TEXT(20)").1, "text");
