@@ -73,7 +73,8 @@ pub enum Command {
     /// Copy a table or query from one account to another, with no temporary file.
     #[command(after_help = TRANSFER_EXAMPLES)]
     Transfer(TransferArgs),
-    /// Import a CSV or GeoJSON file into a table: infer column types, create, load, cartodbfy.
+    /// Import a CSV, GeoJSON or GeoPackage file into a table: infer column types, create,
+    /// load, cartodbfy.
     #[command(after_help = IMPORT_EXAMPLES)]
     Import(ImportArgs),
     /// Manage saved credentials.
@@ -135,7 +136,8 @@ const IMPORT_EXAMPLES: &str = "Examples:
   carto import cities.csv                                    # table 'cities': types inferred
   carto import \"More Cities.csv\" --table cities --if-exists append
   carto import codes.csv --delimiter ';' --type code=text --dry-run
-  carto import parks.geojson --if-exists replace             # properties and geometries";
+  carto import parks.geojson --if-exists replace             # properties and geometries
+  carto import city.gpkg --layer roads --table city_roads    # one layer of a GeoPackage";
 
 const PROFILE_ADD_EXAMPLES: &str = "Examples:
   carto profile add prod --base-url https://alice.carto.com/ --api-key \"$KEY\"
@@ -367,11 +369,14 @@ pub enum TransferFormat {
 /// `carto import`
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// The file: CSV with a header line, or GeoJSON (*.geojson, *.json: a FeatureCollection
-    /// or a Feature, read into memory whole).
+    /// The file: CSV with a header line, GeoJSON (*.geojson, *.json: a FeatureCollection
+    /// or a Feature, read into memory whole) or GeoPackage (*.gpkg).
     pub file: PathBuf,
-    /// Name of the table: lower-case letters, digits and _ (default: the file's name, made
-    /// into one, e.g. "More Cities.csv" -> more_cities).
+    /// The feature table of a GeoPackage to import (default: its only one).
+    #[arg(long, value_name = "NAME")]
+    pub layer: Option<String>,
+    /// Name of the table: lower-case letters, digits and _ (default: the file's name, or a
+    /// GeoPackage's layer name, made into one, e.g. "More Cities.csv" -> more_cities).
     #[arg(long)]
     pub table: Option<String>,
     /// What to do when the table exists: fail, replace it, or append the file's rows to it.

@@ -8,6 +8,7 @@ mod args;
 mod commands;
 mod ewkb;
 mod geojson;
+mod gpkg;
 mod infer;
 mod interrupt;
 mod output;

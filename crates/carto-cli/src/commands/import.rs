@@ -1,5 +1,6 @@
-//! `carto import FILE.csv [--table T]`: infer the columns from the header and a sample, load
-//! the file into a staging table, then in one transaction make it the table (create or
+//! `carto import FILE.csv [--table T]`: infer the columns from the header and a sample (or take
+//! a GeoPackage layer's declared ones; GeoJSON and GeoPackage files are first written out as
+//! CSV), load the file into a staging table, then in one transaction make it the table (create or
 //! replace: rename, derive `the_geom` from longitude/latitude columns, cartodbfy) or append
 //! its rows. Until that transaction commits nothing under the table's name changes, so a
 //! failed, interrupted or killed import leaves the table as it was; a killed one leaves only
@@ -41,8 +42,22 @@ struct FileColumns {
     types: Vec<ColumnType>,
     sql_types: Vec<String>,
     delimiter: u8,
-    /// Made from GeoJSON: `the_geom` holds GeoJSON text.
-    geojson: bool,
+    /// What the file is, and so what the CSV loaded holds.
+    format: Format,
+}
+
+/// The kinds of file `carto import` reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Csv,
+    /// Loaded as CSV with `the_geom` as GeoJSON text.
+    GeoJson,
+    /// Loaded as CSV with `the_geom` as hex EWKB in the file's SRID, which cartodbfying
+    /// transforms to 4326.
+    GeoPackage {
+        /// Geometries may have Z or M coordinates, which CARTO's 2D `the_geom` cannot hold.
+        z_or_m: bool,
+    },
 }
 
 #[derive(Deserialize)]
@@ -51,33 +66,64 @@ struct Exists {
 }
 
 pub async fn run(global: &Global, output: Output, args: ImportArgs) -> Result<()> {
-    let table = table_name(args.table.as_deref(), &args.file)?;
+    let layer = if crate::gpkg::is_gpkg(&args.file) {
+        Some(crate::gpkg::open(&args.file, args.layer.as_deref())?)
+    } else if args.layer.is_some() {
+        bail!(
+            "--layer picks a table of a GeoPackage (*.gpkg), and {} is not one",
+            args.file.display()
+        );
+    } else {
+        None
+    };
+    let (default_name, named_after) = match &layer {
+        Some(layer) => (layer.name.clone(), "the layer's name"),
+        None => (
+            args.file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            "the file's name",
+        ),
+    };
+    let table = table_name(args.table.as_deref(), &default_name)?;
     if args.table.is_none() {
-        output.note(&format!("table {table} (from the file's name)"));
+        output.note(&format!("table {table} (from {named_after})"));
     }
-    let converted = if crate::geojson::is_geojson(&args.file) {
+    let mut converted = if crate::geojson::is_geojson(&args.file) {
         Some(crate::geojson::to_csv(&args.file)?)
     } else {
         None
     };
-    let source = converted
-        .as_ref()
-        .map_or(args.file.as_path(), |csv| csv.path());
-    let delimiter = match args.delimiter {
-        _ if converted.is_some() => b',',
-        // The argument parser takes only ASCII.
-        Some(c) => c as u8,
+    let file = match &layer {
+        Some(layer) => layer_columns(&args, layer)?,
         None => {
-            let found = detect_delimiter(source)?;
-            if found != b',' {
-                output.note(&format!("delimiter {} (detected)", describe(found)));
+            let source = converted
+                .as_ref()
+                .map_or(args.file.as_path(), |csv| csv.path());
+            let delimiter = match args.delimiter {
+                _ if converted.is_some() => b',',
+                // The argument parser takes only ASCII.
+                Some(c) => c as u8,
+                None => {
+                    let found = detect_delimiter(source)?;
+                    if found != b',' {
+                        output.note(&format!("delimiter {} (detected)", describe(found)));
+                    }
+                    found
+                }
+            };
+            let mut file = read_columns(&args, source, delimiter)?;
+            if converted.is_some() {
+                file.format = Format::GeoJson;
             }
-            found
+            file
         }
     };
-    let mut file = read_columns(&args, source, delimiter)?;
-    file.geojson = converted.is_some();
     report_columns(output, &file);
+    if file.format == (Format::GeoPackage { z_or_m: true }) {
+        output.note("the layer may have Z or M coordinates: they are dropped (the_geom is 2D)");
+    }
 
     // A dry run of a create needs no server; an append must see the table's columns.
     let needs_server = !args.dry_run || args.if_exists == IfExists::Append;
@@ -109,6 +155,12 @@ pub async fn run(global: &Global, output: Output, args: ImportArgs) -> Result<()
         return Ok(());
     }
     let client = client.expect("a client for a run that is not dry");
+    if let Some(layer) = &layer {
+        converted = Some(layer.to_csv()?);
+    }
+    let source = converted
+        .as_ref()
+        .map_or(args.file.as_path(), |csv| csv.path());
     import(&client, output, &plan, source, &args.file).await
 }
 
@@ -204,9 +256,9 @@ async fn exists(client: &carto::Client, table: &str) -> Result<bool> {
 }
 
 /// The table's name: `--table` when it is a plain lower-case SQL name (anything else would be
-/// folded or need quoting everywhere, so it is refused with the name to use), else the file's
-/// name made into one.
-fn table_name(given: Option<&str>, file: &Path) -> Result<String> {
+/// folded or need quoting everywhere, so it is refused with the name to use), else `default`
+/// (the file's name without its extension, or a layer's name) made into one.
+fn table_name(given: Option<&str>, default: &str) -> Result<String> {
     match given {
         Some(name) => {
             let plain = sql_name(name);
@@ -218,13 +270,7 @@ fn table_name(given: Option<&str>, file: &Path) -> Result<String> {
             }
             Ok(plain)
         }
-        None => {
-            let stem = file
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            Ok(sql_name(&stem))
-        }
+        None => Ok(sql_name(default)),
     }
 }
 
@@ -351,6 +397,42 @@ fn read_columns(args: &ImportArgs, source: &Path, delimiter: u8) -> Result<FileC
     let names = column_names(&header);
     let types = infer(names.len(), &sample);
     let mut sql_types: Vec<String> = types.iter().map(|t| t.sql().to_string()).collect();
+    apply_types(args, &header, &names, &mut sql_types)?;
+    Ok(FileColumns {
+        header,
+        names,
+        types,
+        sql_types,
+        delimiter,
+        format: Format::Csv,
+    })
+}
+
+/// The columns of a GeoPackage layer, typed as the file declares them.
+fn layer_columns(args: &ImportArgs, layer: &crate::gpkg::Layer) -> Result<FileColumns> {
+    let header: Vec<String> = layer.columns.iter().map(|c| c.name.clone()).collect();
+    let names = column_names(&header);
+    let mut sql_types: Vec<String> = layer.columns.iter().map(|c| c.sql_type.clone()).collect();
+    apply_types(args, &header, &names, &mut sql_types)?;
+    Ok(FileColumns {
+        header,
+        names,
+        types: layer.columns.iter().map(|c| c.kind).collect(),
+        sql_types,
+        delimiter: b',',
+        format: Format::GeoPackage {
+            z_or_m: layer.z_or_m,
+        },
+    })
+}
+
+/// `--type COLUMN=TYPE` over the types of the file's columns.
+fn apply_types(
+    args: &ImportArgs,
+    header: &[String],
+    names: &[String],
+    sql_types: &mut [String],
+) -> Result<()> {
     for given in &args.types {
         let (column, ty) = given
             .split_once('=')
@@ -368,14 +450,7 @@ fn read_columns(args: &ImportArgs, source: &Path, delimiter: u8) -> Result<FileC
             })?;
         sql_types[index] = ty.trim().to_string();
     }
-    Ok(FileColumns {
-        header,
-        names,
-        types,
-        sql_types,
-        delimiter,
-        geojson: false,
-    })
+    Ok(())
 }
 
 /// Tells which type each column gets, and which header names were changed to be SQL names.
@@ -443,10 +518,17 @@ fn plan_create(table: &str, file: &FileColumns, replace: bool) -> Plan {
         ident(&staging),
         ident(table)
     ));
-    if file.geojson {
+    if file.format == Format::GeoJson {
         finish.push(format!(
             "ALTER TABLE {} ALTER COLUMN the_geom TYPE geometry(Geometry, 4326) \
              USING ST_SetSRID(ST_GeomFromGeoJSON(the_geom), 4326)",
+            ident(table)
+        ));
+    }
+    if file.format == (Format::GeoPackage { z_or_m: true }) {
+        // Cartodbfying makes the_geom geometry(Geometry, 4326), which is 2D.
+        finish.push(format!(
+            "UPDATE {} SET the_geom = ST_Force2D(the_geom) WHERE ST_NDims(the_geom) > 2",
             ident(table)
         ));
     }
@@ -485,8 +567,11 @@ fn plan_append(
     if !args.types.is_empty() {
         bail!("--type sets the types of a new table; rows appended to {table} take its own");
     }
-    if file.geojson {
-        bail!("appending GeoJSON to an existing table is not supported yet: import it into a new table");
+    if file.format == Format::GeoJson {
+        bail!(
+            "appending GeoJSON to an existing table is not supported yet: import it into a new \
+             table (nothing was imported)"
+        );
     }
     if let Some((unknown, all)) = missing_columns(&file.names, columns) {
         bail!(
@@ -496,13 +581,25 @@ fn plan_append(
         );
     }
     let staging = staging_name(table);
-    let definitions: Vec<String> = file
+    // A GeoPackage's geometries are staged as they come (in the file's SRID, maybe with Z or
+    // M) and made what a CARTO table's the_geom holds as they are inserted.
+    let ewkb_geometry = matches!(file.format, Format::GeoPackage { .. });
+    let (definitions, mut values): (Vec<String>, Vec<String>) = file
         .names
         .iter()
-        .map(|n| format!("{} {}", ident(n), type_of(n).expect("checked above")))
-        .collect();
+        .map(|n| {
+            if ewkb_geometry && n == "the_geom" {
+                (
+                    "the_geom geometry".to_string(),
+                    "ST_Transform(ST_Force2D(the_geom), 4326)".to_string(),
+                )
+            } else {
+                let ty = type_of(n).expect("checked above");
+                (format!("{} {ty}", ident(n)), ident(n))
+            }
+        })
+        .unzip();
     let mut targets: Vec<String> = file.names.iter().map(|n| ident(n)).collect();
-    let mut values = targets.clone();
     let fills_geometry =
         type_of("the_geom").is_some() && !file.names.iter().any(|n| n == "the_geom");
     if let Some((lon, lat)) = lon_lat(&file.names, &file.types).filter(|_| fills_geometry) {
@@ -541,19 +638,13 @@ mod tests {
         assert_eq!(sql_name("2024 - données"), "_2024_donn_es");
         assert_eq!(sql_name("__"), "imported");
         assert_eq!(sql_name(&"x".repeat(100)).len(), MAX_NAME);
-        assert_eq!(
-            table_name(None, Path::new("/tmp/More Cities.csv")).unwrap(),
-            "more_cities"
-        );
-        assert_eq!(
-            table_name(Some("cities_2"), Path::new("x.csv")).unwrap(),
-            "cities_2"
-        );
-        let refused = table_name(Some("My Cities"), Path::new("x.csv")).unwrap_err();
+        assert_eq!(table_name(None, "More Cities").unwrap(), "more_cities");
+        assert_eq!(table_name(Some("cities_2"), "x").unwrap(), "cities_2");
+        let refused = table_name(Some("My Cities"), "x").unwrap_err();
         assert!(
             refused.to_string().contains("try --table my_cities"),
             "{refused}"
         );
-        assert!(table_name(Some("MyCities"), Path::new("x.csv")).is_err());
+        assert!(table_name(Some("MyCities"), "x").is_err());
     }
 }

@@ -479,3 +479,323 @@ async fn a_geojson_file() {
             "expected a GeoJSON FeatureCollection or Feature, found type \"Point\"",
         ));
 }
+
+/// WKB of `POINT(x y)`, little-endian.
+fn point_wkb(x: f64, y: f64) -> Vec<u8> {
+    let mut wkb = vec![1];
+    wkb.extend(1u32.to_le_bytes());
+    wkb.extend(x.to_le_bytes());
+    wkb.extend(y.to_le_bytes());
+    wkb
+}
+
+/// A GeoPackage geometry: the `GP` header (little-endian, or big-endian with an XY envelope),
+/// then `wkb`.
+fn gpkg_geometry(srs_id: i32, little: bool, empty: bool, wkb: &[u8]) -> Vec<u8> {
+    let flags = if little { 1 } else { 0b10 } | if empty { 0b1_0000 } else { 0 };
+    let mut blob = vec![b'G', b'P', 0, flags];
+    if little {
+        blob.extend(srs_id.to_le_bytes());
+    } else {
+        blob.extend(srs_id.to_be_bytes());
+        // The envelope (min x, max x, min y, max y), which the import skips.
+        blob.extend([0u8; 32]);
+    }
+    blob.extend(wkb);
+    blob
+}
+
+/// A GeoPackage with two feature tables: `places` in 4326 (a point, a polygon, a NULL and an
+/// empty geometry, a 3D point; attributes of every declared type), and `roads` in web
+/// mercator under a srs_id of the file's own (100, EPSG 3857).
+fn two_layer_gpkg(path: &std::path::Path) {
+    let db = rusqlite::Connection::open(path).unwrap();
+    db.execute_batch(
+        "PRAGMA application_id = 1196444487;
+         CREATE TABLE gpkg_spatial_ref_sys (srs_name TEXT NOT NULL, srs_id INTEGER PRIMARY KEY,
+           organization TEXT NOT NULL, organization_coordsys_id INTEGER NOT NULL,
+           definition TEXT NOT NULL, description TEXT);
+         INSERT INTO gpkg_spatial_ref_sys VALUES
+           ('Undefined cartesian SRS', -1, 'NONE', -1, 'undefined', NULL),
+           ('Undefined geographic SRS', 0, 'NONE', 0, 'undefined', NULL),
+           ('WGS 84 geodetic', 4326, 'EPSG', 4326, 'GEOGCS[\"WGS 84\"]', NULL),
+           ('Web mercator', 100, 'epsg', 3857, 'PROJCS[\"WGS 84 / Pseudo-Mercator\"]', NULL);
+         CREATE TABLE gpkg_contents (table_name TEXT NOT NULL PRIMARY KEY,
+           data_type TEXT NOT NULL, identifier TEXT UNIQUE, description TEXT DEFAULT '',
+           last_change DATETIME NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+           min_x DOUBLE, min_y DOUBLE, max_x DOUBLE, max_y DOUBLE, srs_id INTEGER);
+         CREATE TABLE gpkg_geometry_columns (table_name TEXT NOT NULL, column_name TEXT NOT NULL,
+           geometry_type_name TEXT NOT NULL, srs_id INTEGER NOT NULL, z TINYINT NOT NULL,
+           m TINYINT NOT NULL, CONSTRAINT pk_geom_cols PRIMARY KEY (table_name, column_name));
+         INSERT INTO gpkg_contents (table_name, data_type, identifier, srs_id) VALUES
+           ('places', 'features', 'places', 4326), ('roads', 'features', 'roads', 100);
+         INSERT INTO gpkg_geometry_columns VALUES
+           ('places', 'geom', 'GEOMETRY', 4326, 2, 0), ('roads', 'shape', 'POINT', 100, 0, 0);
+         CREATE TABLE places (fid INTEGER PRIMARY KEY AUTOINCREMENT, geom GEOMETRY,
+           \"Name\" TEXT, pop INTEGER, score DOUBLE, active BOOLEAN, born DATE,
+           seen DATETIME, data BLOB, code TEXT(5));
+         CREATE TABLE roads (fid INTEGER PRIMARY KEY AUTOINCREMENT, shape POINT, kind TEXT);",
+    )
+    .unwrap();
+    let mut polygon = vec![1];
+    polygon.extend(3u32.to_le_bytes());
+    polygon.extend(1u32.to_le_bytes());
+    polygon.extend(4u32.to_le_bytes());
+    for (x, y) in [(0.0f64, 0.0f64), (1.0, 0.0), (1.0, 1.0), (0.0, 0.0)] {
+        polygon.extend(x.to_le_bytes());
+        polygon.extend(y.to_le_bytes());
+    }
+    // ISO WKB POINT Z (1 2 3), big-endian.
+    let mut point_z = vec![0];
+    point_z.extend(1001u32.to_be_bytes());
+    for c in [1.0f64, 2.0, 3.0] {
+        point_z.extend(c.to_be_bytes());
+    }
+    let places: [(Option<Vec<u8>>, &str); 5] = [
+        (
+            Some(gpkg_geometry(4326, false, false, &point_wkb(2.17, 41.38))),
+            "Barcelona, \"BCN\"",
+        ),
+        (Some(gpkg_geometry(4326, true, false, &polygon)), "Triangle"),
+        (None, "Nowhere"),
+        (
+            Some(gpkg_geometry(
+                4326,
+                true,
+                true,
+                &point_wkb(f64::NAN, f64::NAN),
+            )),
+            "Empty",
+        ),
+        (Some(gpkg_geometry(4326, true, false, &point_z)), "High"),
+    ];
+    for (i, (geometry, name)) in places.into_iter().enumerate() {
+        db.execute(
+            "INSERT INTO places (geom, \"Name\") VALUES (?1, ?2)",
+            rusqlite::params![geometry, name],
+        )
+        .unwrap();
+        if i == 0 {
+            db.execute_batch(
+                "UPDATE places SET pop = 1620343, score = 3.5, active = 1, born = '1990-01-02',
+                 seen = '2024-01-01T10:00:00.000Z', data = x'00ff', code = '' WHERE fid = 1",
+            )
+            .unwrap();
+        }
+    }
+    for (x, kind) in [(0.0, "origin"), (111_319.490_793_273_57, "east")] {
+        db.execute(
+            "INSERT INTO roads (shape, kind) VALUES (?1, ?2)",
+            rusqlite::params![gpkg_geometry(100, true, false, &point_wkb(x, 0.0)), kind],
+        )
+        .unwrap();
+    }
+}
+
+/// `carto import FILE ARGS...` as `user`, run.
+fn import(
+    server: &TestServer,
+    user: &carto_sql_api::testing::TestUser,
+    dir: &std::path::Path,
+    file: &std::path::Path,
+    args: &[&str],
+) -> assert_cmd::assert::Assert {
+    carto(server, user, dir)
+        .arg("import")
+        .arg(file)
+        .args(args)
+        .assert()
+}
+
+/// A GeoPackage's layers: typed attributes, geometries from its binary format (NULL and empty
+/// as NULL), another SRID transformed to 4326; several layers need --layer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_geopackage_file() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("city.gpkg");
+    two_layer_gpkg(&file);
+
+    import(&server, &user, dir.path(), &file, &[])
+        .failure()
+        .stderr(predicate::str::contains(
+            "has several layers: choose one with --layer (places, roads)",
+        ));
+    import(&server, &user, dir.path(), &file, &["--layer", "nope"])
+        .failure()
+        .stderr(predicate::str::contains(
+            "has no layer \"nope\" (its layers: places, roads)",
+        ));
+    assert_eq!(tables(&server, &user).await, Vec::<String>::new());
+
+    import(&server, &user, dir.path(), &file, &["--layer", "places"])
+        .success()
+        .stderr(predicate::str::contains(
+            "table places (from the layer's name)",
+        ))
+        .stderr(predicate::str::contains(
+            "columns: the_geom geometry, name text, pop bigint, score double precision, \
+             active boolean, born date, seen timestamptz, data bytea, code text",
+        ))
+        .stderr(predicate::str::contains(
+            "the layer may have Z or M coordinates: they are dropped (the_geom is 2D)",
+        ))
+        .stderr(predicate::str::contains("imported 5 rows"));
+    let types = sql(
+        &server,
+        &user,
+        "SELECT string_agg(column_name || ' ' || format_type(atttypid, atttypmod), ', ' \
+         ORDER BY attnum) AS t FROM information_schema.columns c JOIN pg_attribute a \
+         ON a.attrelid = 'places'::regclass AND a.attname = c.column_name \
+         WHERE c.table_name = 'places' AND c.table_schema = current_schema",
+    )
+    .await;
+    assert_eq!(
+        types[0]["t"],
+        "cartodb_id bigint, the_geom geometry(Geometry,4326), \
+         the_geom_webmercator geometry(Geometry,3857), name text, pop bigint, \
+         score double precision, active boolean, born date, seen timestamp with time zone, \
+         data bytea, code text"
+    );
+    let rows = sql(
+        &server,
+        &user,
+        "SELECT cartodb_id, name, pop, score, active, born::text AS born, \
+         seen = '2024-01-01 10:00:00+00' AS seen_utc, encode(data, 'hex') AS data, code, \
+         ST_AsText(the_geom) AS g, ST_SRID(the_geom) AS srid \
+         FROM places ORDER BY cartodb_id",
+    )
+    .await;
+    assert_eq!(
+        rows,
+        serde_json::json!([
+            {"cartodb_id": 1, "name": "Barcelona, \"BCN\"", "pop": 1620343, "score": 3.5, "active": true, "born": "1990-01-02", "seen_utc": true, "data": "00ff", "code": "", "g": "POINT(2.17 41.38)", "srid": 4326},
+            {"cartodb_id": 2, "name": "Triangle", "pop": null, "score": null, "active": null, "born": null, "seen_utc": null, "data": null, "code": null, "g": "POLYGON((0 0,1 0,1 1,0 0))", "srid": 4326},
+            {"cartodb_id": 3, "name": "Nowhere", "pop": null, "score": null, "active": null, "born": null, "seen_utc": null, "data": null, "code": null, "g": null, "srid": null},
+            {"cartodb_id": 4, "name": "Empty", "pop": null, "score": null, "active": null, "born": null, "seen_utc": null, "data": null, "code": null, "g": null, "srid": null},
+            {"cartodb_id": 5, "name": "High", "pop": null, "score": null, "active": null, "born": null, "seen_utc": null, "data": null, "code": null, "g": "POINT(1 2)", "srid": 4326},
+        ])
+    );
+
+    import(
+        &server,
+        &user,
+        dir.path(),
+        &file,
+        &["--layer", "roads", "--table", "roads_4326"],
+    )
+    .success()
+    .stderr(predicate::str::contains("imported 2 rows"));
+    let roads = sql(
+        &server,
+        &user,
+        "SELECT kind, ST_AsText(ST_SnapToGrid(the_geom, 0.000001)) AS g, ST_SRID(the_geom) AS srid \
+         FROM roads_4326 ORDER BY cartodb_id",
+    )
+    .await;
+    assert_eq!(
+        roads,
+        serde_json::json!([
+            {"kind": "origin", "g": "POINT(0 0)", "srid": 4326},
+            {"kind": "east", "g": "POINT(1 0)", "srid": 4326},
+        ])
+    );
+
+    // Appended rows are transformed to 4326 and made 2D as they are inserted.
+    import(
+        &server,
+        &user,
+        dir.path(),
+        &file,
+        &[
+            "--layer",
+            "roads",
+            "--table",
+            "roads_4326",
+            "--if-exists",
+            "append",
+        ],
+    )
+    .success()
+    .stderr(predicate::str::contains("appended 2 rows"));
+    import(
+        &server,
+        &user,
+        dir.path(),
+        &file,
+        &["--layer", "places", "--if-exists", "append"],
+    )
+    .success()
+    .stderr(predicate::str::contains("appended 5 rows"));
+    let appended = sql(
+        &server,
+        &user,
+        "SELECT (SELECT string_agg(cartodb_id || ' ' || ST_AsText(ST_SnapToGrid(the_geom, \
+         0.000001)), ', ' ORDER BY cartodb_id) FROM roads_4326) AS roads, \
+         (SELECT string_agg(cartodb_id || ' ' || coalesce(ST_AsText(the_geom), '-') || ' ' \
+         || coalesce(code, '-'), ', ' ORDER BY cartodb_id) FROM places WHERE cartodb_id > 5) \
+         AS places",
+    )
+    .await;
+    assert_eq!(
+        appended,
+        serde_json::json!([{
+            "roads": "1 POINT(0 0), 2 POINT(1 0), 3 POINT(0 0), 4 POINT(1 0)",
+            "places": "6 POINT(2.17 41.38) , 7 POLYGON((0 0,1 0,1 1,0 0)) -, 8 - -, 9 - -, 10 POINT(1 2) -",
+        }])
+    );
+}
+
+/// A file named `.gpkg` that is not a GeoPackage, or one without a feature table: a clear
+/// error and no table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_a_geopackage() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("fake.gpkg");
+    std::fs::write(&fake, "name,pop\nA,1\n").unwrap();
+    import(&server, &user, dir.path(), &fake, &[])
+        .failure()
+        .stderr(predicate::str::contains("fake.gpkg is not a GeoPackage"));
+    let plain = dir.path().join("plain.gpkg");
+    rusqlite::Connection::open(&plain)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (a INTEGER)")
+        .unwrap();
+    import(&server, &user, dir.path(), &plain, &[])
+        .failure()
+        .stderr(predicate::str::contains("plain.gpkg is not a GeoPackage"));
+    assert_eq!(tables(&server, &user).await, Vec::<String>::new());
+}
+
+/// `--dry-run` of a GeoPackage layer prints the statements with the declared types.
+#[test]
+fn geopackage_dry_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("city.gpkg");
+    two_layer_gpkg(&file);
+    let out = crate::support::bare(dir.path())
+        .arg("import")
+        .arg(&file)
+        .args([
+            "--layer",
+            "roads",
+            "--type",
+            "kind=varchar(10)",
+            "--dry-run",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    assert_eq!(
+        text(&out.stdout),
+        "DROP TABLE IF EXISTS \"carto_import_roads\"; \
+         CREATE TABLE \"carto_import_roads\" (\"the_geom\" geometry, \"kind\" varchar(10));\n\
+         COPY \"carto_import_roads\" (\"the_geom\", \"kind\") FROM STDIN WITH (FORMAT csv, HEADER true, DELIMITER ',');\n\
+         ALTER TABLE \"carto_import_roads\" RENAME TO \"roads\"; \
+         SELECT CDB_CartodbfyTable(current_schema, 'roads');\n"
+    );
+}
