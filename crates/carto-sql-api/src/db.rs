@@ -75,18 +75,8 @@ impl Pools {
     /// Pools reaching the cluster that `admin` (the superuser's settings) points at. Within a
     /// Tokio runtime, a task closes idle connections as `settings.idle_timeout` says.
     pub fn new(admin: &tokio_postgres::Config, settings: PoolSettings) -> Self {
-        let mut base = tokio_postgres::Config::new();
-        for host in admin.get_hosts() {
-            match host {
-                tokio_postgres::config::Host::Tcp(h) => base.host(h),
-                tokio_postgres::config::Host::Unix(p) => base.host_path(p),
-            };
-        }
-        for port in admin.get_ports() {
-            base.port(*port);
-        }
-        base.application_name("carto-sql-api")
-            .connect_timeout(CONNECT_TIMEOUT);
+        let mut base = role_address(admin);
+        base.application_name("carto-sql-api");
         let pools = Pools {
             base,
             admin: admin.clone(),
@@ -376,6 +366,23 @@ impl deadpool_postgres::Connect for RoleConnect {
             self.open(&config, &place).await
         })
     }
+}
+
+/// Where the cluster that `admin` reaches is (hosts, ports, connect timeout), without its user,
+/// password, database or startup options: the start of every connection as a key's role.
+pub(crate) fn role_address(admin: &tokio_postgres::Config) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    for host in admin.get_hosts() {
+        match host {
+            tokio_postgres::config::Host::Tcp(h) => config.host(h),
+            tokio_postgres::config::Host::Unix(p) => config.host_path(p),
+        };
+    }
+    for port in admin.get_ports() {
+        config.port(*port);
+    }
+    config.connect_timeout(CONNECT_TIMEOUT);
+    config
 }
 
 /// One connection as `config`'s role outside any pool (a batch job's), repaired like pooled

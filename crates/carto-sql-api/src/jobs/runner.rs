@@ -87,16 +87,7 @@ pub(super) async fn run_job(jobs: &Jobs, lock: &OwnedConnection, mut job: JobRow
         )
         .await;
     };
-    let mut config = tokio_postgres::Config::new();
-    for host in inner.admin.get_hosts() {
-        match host {
-            tokio_postgres::config::Host::Tcp(h) => config.host(h),
-            tokio_postgres::config::Host::Unix(p) => config.host_path(p),
-        };
-    }
-    for port in inner.admin.get_ports() {
-        config.port(*port);
-    }
+    let mut config = crate::db::role_address(&inner.admin);
     config
         .user(&job.db_role)
         .password(&password)
