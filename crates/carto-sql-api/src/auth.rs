@@ -79,7 +79,7 @@ impl FromRequestParts<AppState> for Addressed {
             .accounts
             .user(&username)
             .await
-            .map_err(ApiError::internal)?
+            .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::unknown_user(&username))?;
         let query = parts.uri.query().unwrap_or("");
         let query_key = query_param(query, "api_key").or_else(|| query_param(query, "map_key"));
@@ -124,7 +124,7 @@ impl Addressed {
             .accounts
             .key(&self.user, token)
             .await
-            .map_err(ApiError::internal)?
+            .map_err(ApiError::from)?
             .ok_or_else(ApiError::unauthorized)?;
         if !key.grants_sql {
             return Err(ApiError::forbidden("forbidden"));

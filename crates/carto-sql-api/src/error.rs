@@ -135,21 +135,9 @@ impl ApiError {
         }
     }
 
-    /// 500 `Unexpected error`; the cause is logged, never shown to the client. An `anyhow`
-    /// cause saying PostgreSQL cannot be reached (e.g. the metadata lookups of every request)
-    /// is a 503 instead, as [`from_pg`](Self::from_pg) answers.
-    pub fn internal<E: std::fmt::Display + 'static>(cause: E) -> Self {
-        let any: &dyn std::any::Any = &cause;
-        if let Some(error) = any.downcast_ref::<anyhow::Error>() {
-            // `{:#}`: the whole chain, not only the outermost context.
-            let chain = format!("{error:#}");
-            if says_unavailable(error) {
-                return ApiError::unavailable(chain);
-            }
-            tracing::error!(error = %chain, "internal error");
-        } else {
-            tracing::error!(error = %cause, "internal error");
-        }
+    /// 500 `Unexpected error`; the cause is logged, never shown to the client.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Unexpected error")
     }
 
@@ -162,7 +150,7 @@ impl ApiError {
             return ApiError::unavailable(error);
         }
         let Some(db) = error.as_db_error() else {
-            return ApiError::internal(error.to_string());
+            return ApiError::internal(error);
         };
         if *db.code() == SqlState::QUERY_CANCELED {
             return ApiError::timeout();
@@ -220,6 +208,19 @@ impl From<deadpool_postgres::PoolError> for ApiError {
             // Failing to connect as the key's role otherwise is the server's fault, never the
             // client's.
             _ => ApiError::internal(error),
+        }
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    /// A 503 when a cause says PostgreSQL cannot be reached (e.g. the metadata lookups of
+    /// every request), as [`ApiError::from_pg`] answers; else a 500. The whole chain is logged.
+    fn from(error: anyhow::Error) -> Self {
+        let chain = format!("{error:#}");
+        if says_unavailable(&error) {
+            ApiError::unavailable(chain)
+        } else {
+            ApiError::internal(chain)
         }
     }
 }

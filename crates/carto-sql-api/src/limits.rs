@@ -496,7 +496,7 @@ pub(crate) async fn enforce(
     };
     let decision = match state.limiter.check(&username, group).await {
         Ok(decision) => decision,
-        Err(error) => return ApiError::internal(error.context("rate limit")).into_response(),
+        Err(error) => return ApiError::from(error.context("rate limit")).into_response(),
     };
     match decision {
         None => next.run(request).await,

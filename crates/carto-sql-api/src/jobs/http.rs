@@ -107,7 +107,7 @@ async fn limited(
 ) -> Response {
     let decision = match state.limiter.check(username, group).await {
         Ok(decision) => decision,
-        Err(error) => return ApiError::internal(error.context("rate limit")).into_response(),
+        Err(error) => return ApiError::from(error.context("rate limit")).into_response(),
     };
     if let Some(decision) = decision.filter(|d| !d.allowed) {
         return decision.refusal();
