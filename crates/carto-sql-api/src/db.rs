@@ -28,9 +28,9 @@ pub struct PoolSettings {
     pub wait_timeout: Duration,
     /// Pooled connections unused for this long are closed, giving their room back.
     pub idle_timeout: Duration,
-    /// `statement_timeout` of the public role and regular keys (PostgreSQL syntax), set when
-    /// connecting so that no role or database default can change it; `None`: none.
-    pub key_statement_timeout: Option<String>,
+    /// `statement_timeout` of the public role and regular keys, set when connecting so that
+    /// no role or database default can change it; `None`: none.
+    pub key_statement_timeout: Option<Duration>,
 }
 
 /// Pools of connections, one per (database, role), created on first use.
@@ -127,7 +127,7 @@ impl Pools {
             .user(&login.role)
             .password(&login.password);
         let (room, max_size) = if shared {
-            if let Some(timeout) = &self.settings.key_statement_timeout {
+            if let Some(timeout) = self.settings.key_statement_timeout {
                 config.options(statement_timeout_option(timeout));
             }
             let room = self.shared_room(&login.database);
@@ -215,18 +215,6 @@ impl Pools {
     }
 }
 
-/// Checks that PostgreSQL accepts `timeout` as the `statement_timeout` that
-/// [`PoolSettings::key_statement_timeout`] sets when connecting, by connecting once with it as
-/// the superuser `admin`: a bad value must stop the server at start, not fail every request.
-pub(crate) async fn check_key_statement_timeout(
-    admin: &tokio_postgres::Config,
-    timeout: &str,
-) -> Result<(), tokio_postgres::Error> {
-    let mut config = admin.clone();
-    config.options(statement_timeout_option(timeout));
-    connect(&config).await.map(drop)
-}
-
 /// How long opening a TCP connection may take before PostgreSQL counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -255,20 +243,11 @@ async fn close_idle(
 
 /// The startup `options` setting `statement_timeout` to `timeout`: such a setting outranks role
 /// and database defaults.
-fn statement_timeout_option(timeout: &str) -> String {
-    format!("-c statement_timeout={}", escape_option(timeout))
-}
-
-/// Escapes a value for the startup `options` string, where white space separates arguments.
-fn escape_option(value: &str) -> String {
-    let mut escaped = String::with_capacity(value.len());
-    for c in value.chars() {
-        if c == '\\' || c.is_whitespace() {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    escaped
+fn statement_timeout_option(timeout: Duration) -> String {
+    format!(
+        "-c statement_timeout={}",
+        crate::timeouts::postgres_millis(timeout)
+    )
 }
 
 /// Where each pooled connection's server messages go: by backend pid, the listener of the
@@ -581,16 +560,16 @@ pub async fn connect(
     Ok(client)
 }
 
-/// Sets the session's `statement_timeout` to `timeout`, in PostgreSQL's syntax (`15s`, `5h`,
-/// or a number of milliseconds). Pooled connections are reset before they serve again.
+/// Sets the session's `statement_timeout` to `timeout` (zero: none, as PostgreSQL reads 0).
+/// Pooled connections are reset before they serve again.
 pub(crate) async fn set_statement_timeout(
     client: &tokio_postgres::Client,
-    timeout: &str,
+    timeout: Duration,
 ) -> Result<(), tokio_postgres::Error> {
     client
         .batch_execute(&format!(
             "SET statement_timeout = {}",
-            quote_literal(timeout)
+            crate::timeouts::postgres_millis(timeout)
         ))
         .await
 }

@@ -42,11 +42,12 @@ mod routes;
 pub(crate) mod sql_text;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod timeouts;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::accounts::Accounts;
 use crate::db::{PoolSettings, Pools};
@@ -60,8 +61,8 @@ pub struct Config {
     /// Largest COPY FROM body accepted, in bytes received (compressed if gzip). Default 2 GiB,
     /// named `2 GB` in its error message as upstream names it; other sizes in bytes.
     pub max_post_size: u64,
-    /// `statement_timeout` for COPY statements, in PostgreSQL's syntax. Default `5h`.
-    pub copy_timeout: String,
+    /// `statement_timeout` for COPY statements (zero: none). Default 5 h.
+    pub copy_timeout: Duration,
     /// Connections of each master key's pool. Default 16.
     pub pool_size: usize,
     /// PostgreSQL connections the public role and the regular keys of one user may hold
@@ -73,14 +74,14 @@ pub struct Config {
     pub pool_wait_timeout: Duration,
     /// Pooled connections unused for this long are closed. Default 60 s.
     pub pool_idle_timeout: Duration,
-    /// `statement_timeout` of the public role and regular keys, in PostgreSQL's syntax, set
-    /// when connecting so that no role or database default overrides it (`query_timeout` and
-    /// `copy_timeout` still apply per request). `None`: none. Default `5min`. Master keys get
-    /// their database's default instead.
-    pub key_statement_timeout: Option<String>,
-    /// `statement_timeout` set for `/sql` statements, in PostgreSQL's syntax (e.g. `15s`).
-    /// Default `None`: `key_statement_timeout`, or for master keys the user database's default.
-    pub query_timeout: Option<String>,
+    /// `statement_timeout` of the public role and regular keys, set when connecting so that no
+    /// role or database default overrides it (`query_timeout` and `copy_timeout` still apply
+    /// per request). `None`: none. Default 5 min. Master keys get their database's default
+    /// instead.
+    pub key_statement_timeout: Option<Duration>,
+    /// `statement_timeout` set for `/sql` statements. Default `None`: `key_statement_timeout`,
+    /// or for master keys the user database's default.
+    pub query_timeout: Option<Duration>,
     /// Server-wide rate limits per endpoint group (users may have their own). Default: none.
     pub rate_limits: limits::RateLimits,
     /// Batch jobs: queue limit, timeouts, workers.
@@ -98,12 +99,12 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             max_post_size: DEFAULT_MAX_POST_SIZE,
-            copy_timeout: "5h".into(),
+            copy_timeout: Duration::from_secs(5 * 3600),
             pool_size: 16,
             user_connections: 8,
             pool_wait_timeout: Duration::from_secs(5),
             pool_idle_timeout: Duration::from_secs(60),
-            key_statement_timeout: Some("5min".into()),
+            key_statement_timeout: Some(Duration::from_secs(5 * 60)),
             query_timeout: None,
             rate_limits: limits::RateLimits::none(),
             batch: jobs::BatchConfig::default(),
@@ -135,11 +136,6 @@ impl Server {
     pub async fn open(admin: tokio_postgres::Config, config: Config) -> Result<Self> {
         let admin = db::privileged(&admin);
         let accounts = Accounts::open(admin.clone()).await?;
-        if let Some(timeout) = &config.key_statement_timeout {
-            db::check_key_statement_timeout(&admin, timeout)
-                .await
-                .with_context(|| format!("invalid key statement timeout '{timeout}'"))?;
-        }
         let pools = Pools::new(
             &admin,
             PoolSettings {
@@ -147,7 +143,7 @@ impl Server {
                 user_connections: config.user_connections,
                 wait_timeout: config.pool_wait_timeout,
                 idle_timeout: config.pool_idle_timeout,
-                key_statement_timeout: config.key_statement_timeout.clone(),
+                key_statement_timeout: config.key_statement_timeout,
             },
         );
         migrate(

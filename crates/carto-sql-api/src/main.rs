@@ -15,7 +15,7 @@ use carto_sql_api::embedded::{EmbeddedCluster, EmbeddedOptions};
 use carto_sql_api::http_server::{serve, ConnectionLimits};
 use carto_sql_api::jobs::BatchConfig;
 use carto_sql_api::limits::{Group, GroupRate};
-use carto_sql_api::{Config, Server};
+use carto_sql_api::{timeouts, Config, Server};
 use clap::{Parser, Subcommand};
 
 /// A CARTO-compatible SQL API server (COPY FROM/TO and SQL) on PostgreSQL + PostGIS.
@@ -50,18 +50,19 @@ enum Command {
         /// Largest COPY FROM body, in bytes received.
         #[arg(long, default_value_t = Config::default().max_post_size)]
         max_post_size: u64,
-        /// statement_timeout of COPY statements (PostgreSQL syntax, e.g. 5h, 30min).
-        #[arg(long, default_value = "5h")]
-        copy_timeout: String,
+        /// statement_timeout of COPY statements (e.g. 5h, 30min, 30s, or milliseconds; 0 for
+        /// none).
+        #[arg(long, default_value = "5h", value_parser = timeouts::parse)]
+        copy_timeout: Duration,
         /// Connections of each master key's pool.
         #[arg(long, default_value_t = Config::default().pool_size)]
         pool_size: usize,
         #[command(flatten)]
         connections: ConnectionFlags,
-        /// statement_timeout of /sql statements (PostgreSQL syntax, e.g. 15s); default:
-        /// --key-statement-timeout, or for master keys the user database's setting.
-        #[arg(long)]
-        query_timeout: Option<String>,
+        /// statement_timeout of /sql statements (e.g. 15s, or milliseconds; 0 for none);
+        /// default: --key-statement-timeout, or for master keys the user database's setting.
+        #[arg(long, value_parser = timeouts::parse)]
+        query_timeout: Option<Duration>,
         /// Base URL printed for users (default: from --listen).
         #[arg(long)]
         public_url: Option<String>,
@@ -145,10 +146,10 @@ struct ConnectionFlags {
     /// Seconds after which an unused pooled connection is closed.
     #[arg(long, default_value_t = Config::default().pool_idle_timeout.as_secs())]
     pool_idle_timeout_s: u64,
-    /// statement_timeout of the public role and regular keys (PostgreSQL syntax, e.g. 5min),
-    /// which no role or database default can change; 0 for none.
-    #[arg(long, default_value = "5min")]
-    key_statement_timeout: String,
+    /// statement_timeout of the public role and regular keys (e.g. 5min, 30s, or
+    /// milliseconds), which no role or database default can change; 0 for none.
+    #[arg(long, default_value = "5min", value_parser = timeouts::parse)]
+    key_statement_timeout: Duration,
 }
 
 impl ConnectionFlags {
@@ -158,7 +159,7 @@ impl ConnectionFlags {
         config.pool_wait_timeout = Duration::from_millis(self.pool_wait_timeout_ms);
         config.pool_idle_timeout = Duration::from_secs(self.pool_idle_timeout_s);
         config.key_statement_timeout =
-            (self.key_statement_timeout.trim() != "0").then_some(self.key_statement_timeout);
+            (!self.key_statement_timeout.is_zero()).then_some(self.key_statement_timeout);
     }
 }
 

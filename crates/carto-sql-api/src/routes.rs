@@ -293,13 +293,7 @@ async fn sql(
         let params = Params::read(&headers, Some(query), body).await?;
         let caller = addressed.authenticate(&state, params.key()).await?;
         let options = query::Options::parse(&params.0, callback.clone())?;
-        query::answer(
-            &state.pools,
-            &caller,
-            &options,
-            state.config.query_timeout.as_deref(),
-        )
-        .await
+        query::answer(&state.pools, &caller, &options, state.config.query_timeout).await
     }
     .await;
     match (answer, callback) {
@@ -382,7 +376,7 @@ async fn copyto_endpoint(
         &state.pools,
         &caller,
         q.unwrap_or_default(),
-        &state.config.copy_timeout,
+        state.config.copy_timeout,
     )
     .await?;
     let mut response = Response::new(Body::from_stream(stream));

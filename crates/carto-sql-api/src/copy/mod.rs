@@ -4,6 +4,8 @@ mod from;
 pub mod statement;
 mod to;
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::{header, HeaderMap};
 
@@ -66,7 +68,7 @@ pub async fn copy_from(
         quota_remaining: None,
         max_decompressed: config.max_copy_decompressed,
     };
-    let statement_timeout = config.copy_timeout.as_str();
+    let statement_timeout = config.copy_timeout;
     let client = pools.get(&caller.key).await?;
     let prepared = async {
         set_statement_timeout(&client, statement_timeout).await?;
@@ -106,7 +108,7 @@ pub async fn copy_to(
     pools: &Pools,
     caller: &Caller,
     sql: &str,
-    statement_timeout: &str,
+    statement_timeout: Duration,
 ) -> Result<CopyToBody, ApiError> {
     let client = pools.get(&caller.key).await?;
     if let Err(error) = set_statement_timeout(&client, statement_timeout).await {

@@ -301,10 +301,9 @@ impl Run<'_> {
         if self.inner.shutdown.is_cancelled() {
             return Err(Interrupt::Shutdown);
         }
-        let ms = timeout.as_millis().clamp(1, i32::MAX as u128);
-        if let Err(error) =
-            crate::db::set_statement_timeout(&self.conn.client, &ms.to_string()).await
-        {
+        // Never zero, which PostgreSQL reads as no timeout at all.
+        let timeout = timeout.max(Duration::from_millis(1));
+        if let Err(error) = crate::db::set_statement_timeout(&self.conn.client, timeout).await {
             return Ok(Err(message(&error)));
         }
         // Job ids are UUIDs and steps our own names: nothing to escape.

@@ -11,7 +11,7 @@
 //! response is dropped (client gone), the channel closes, the task stops at once and the
 //! connection is discarded, which cancels the backend's query.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use deadpool_postgres::Object;
@@ -57,7 +57,7 @@ pub struct Plan {
     /// Columns dropped from the output.
     pub skipfields: Vec<String>,
     /// `statement_timeout` to set first, if any.
-    pub statement_timeout: Option<String>,
+    pub statement_timeout: Option<Duration>,
 }
 
 /// An item of the response body: bytes, or an error (only as the very first item, or after
@@ -208,7 +208,7 @@ async fn execute(
     out: &mut Output,
     progress: &mut Progress,
 ) -> Result<(), Failure> {
-    if let Some(timeout) = &plan.statement_timeout {
+    if let Some(timeout) = plan.statement_timeout {
         set_statement_timeout(client, timeout).await?;
     }
     if plan.wrap_in_transaction {

@@ -10,6 +10,8 @@ pub mod format;
 pub mod guard;
 pub mod values;
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::{header, HeaderValue};
 use axum::response::Response;
@@ -179,7 +181,7 @@ impl Options {
     pub fn plan(
         &self,
         caller: &Caller,
-        statement_timeout: Option<&str>,
+        statement_timeout: Option<Duration>,
     ) -> Result<exec::Plan, ApiError> {
         let statements = split_statements(&self.q).map_err(ApiError::bad_request)?;
         let Some((last, earlier)) = statements.split_last() else {
@@ -233,7 +235,7 @@ impl Options {
             statements: planned,
             guard: !caller.is_master(),
             skipfields: self.skipfields.clone(),
-            statement_timeout: statement_timeout.map(str::to_string),
+            statement_timeout,
         })
     }
 
@@ -278,7 +280,7 @@ pub async fn answer(
     pools: &Pools,
     caller: &Caller,
     options: &Options,
-    statement_timeout: Option<&str>,
+    statement_timeout: Option<Duration>,
 ) -> Result<Response, ApiError> {
     let plan = options.plan(caller, statement_timeout)?;
     let encoder: Box<dyn format::Encoder> = match options.format {

@@ -123,3 +123,32 @@ async fn user_add_right_after_serve_waits_for_the_first_start() {
     terminate(&mut serve);
     let _ = std::fs::remove_dir_all(&files);
 }
+
+/// A timeout flag that is not a duration stops `serve` before anything starts, naming the flag
+/// and the value, instead of failing every request that would use it.
+#[test]
+fn a_bad_timeout_flag_is_refused_at_start() {
+    let dir = tempfile::Builder::new()
+        .prefix("carto-cli-test")
+        .tempdir()
+        .unwrap();
+    for flag in [
+        "--key-statement-timeout",
+        "--copy-timeout",
+        "--query-timeout",
+    ] {
+        let out = carto_sql_api(dir.path(), &["serve", flag, "soon"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{flag}");
+        let message = stderr(&out);
+        assert!(
+            message.contains(flag) && message.contains("invalid timeout 'soon'"),
+            "{flag}: {message}"
+        );
+    }
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "nothing was created in the data dir"
+    );
+}

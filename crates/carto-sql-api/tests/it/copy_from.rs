@@ -241,7 +241,7 @@ async fn post_size_limit_and_quota_abort_the_copy() {
 #[tokio::test]
 async fn statement_timeout_is_the_limit_answer() {
     let server = TestServer::with_config(Config {
-        copy_timeout: "1ms".into(),
+        copy_timeout: std::time::Duration::from_millis(1),
         ..Config::default()
     })
     .await;

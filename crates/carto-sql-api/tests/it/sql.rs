@@ -511,7 +511,7 @@ async fn vector_11_timeouts_are_429_or_close_the_stream() {
 
     // Config::query_timeout, hit after two rows: 200 and the timeout text alone.
     let server = TestServer::with_config(carto_sql_api::Config {
-        query_timeout: Some("300ms".into()),
+        query_timeout: Some(std::time::Duration::from_millis(300)),
         ..Default::default()
     })
     .await;

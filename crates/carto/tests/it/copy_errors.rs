@@ -119,7 +119,7 @@ async fn access_errors() {
 #[tokio::test]
 async fn timeout_is_a_429_that_is_not_retried() {
     let server = TestServer::with_config(carto_sql_api::Config {
-        copy_timeout: "1ms".into(),
+        copy_timeout: std::time::Duration::from_millis(1),
         ..Default::default()
     })
     .await;
