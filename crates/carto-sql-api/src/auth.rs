@@ -1,12 +1,20 @@
 //! Who is asking: the user (from the `/user/{name}/` path segment or the `Host` header) and the
 //! API key (Basic auth, `api_key`/`map_key` in the query string, or the same in a form body),
 //! resolved to the PostgreSQL role the request's statements run as.
+//!
+//! One identity path for every endpoint: the [`identify`] layer resolves the user once, before
+//! the rate limit and the handler; the handler's [`Caller`] extractor (or [`CallerWith`], for
+//! keys sent in a form body) adds the key. The answer says itself whether a key was accepted
+//! ([`KeyAccepted`]), so the identity headers come from the handler's outcome, not from state
+//! shared with it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 
-use axum::extract::{FromRequestParts, Path};
-use axum::http::{header, request::Parts, StatusCode};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::{header, request::Parts, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use base64::Engine;
 use percent_encoding::{percent_decode, percent_decode_str};
 
@@ -14,98 +22,142 @@ use crate::accounts::{ApiKey, KeyKind, User, DEFAULT_PUBLIC};
 use crate::error::ApiError;
 use crate::AppState;
 
-/// The user a request is addressed to, and the key material it carries outside its body.
-#[derive(Debug, Clone)]
-pub struct Addressed {
-    /// The resolved user.
-    pub user: User,
-    basic: Option<(String, String)>,
-    query_key: Option<String>,
-    identified: Option<Identified>,
-}
-
-/// Who a request turned out to be for, filled in by [`Addressed`] as it resolves the user and
-/// authenticates, so that a middleware can add `Carto-User`, `Carto-User-Id` and
-/// `Vary: Authorization` to whatever answer the handler gives, errors included.
-#[derive(Debug, Clone, Default)]
-pub struct Identified(Arc<Mutex<Option<Identity>>>);
-
-/// What [`Identified`] holds.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    /// User name.
-    pub username: String,
-    /// User id.
-    pub id: i64,
-    /// A key was accepted.
-    pub authenticated: bool,
-}
-
-impl Identified {
-    /// What was found so far.
-    pub fn get(&self) -> Option<Identity> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+/// Layer on the routes that address a user: resolves the user from the `/user/{name}/` path
+/// segment or the `Host` header (unknown: 404; no name: 400), hands it to the layers and
+/// handler inside as a request extension, and adds `Carto-User`, `Carto-User-Id` (spec §1) and,
+/// when the answer carries [`KeyAccepted`], `Vary: Authorization` (spec §2) to whatever they
+/// answer, errors and rate-limit refusals included.
+pub(crate) async fn identify(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let user = match addressed_user(&mut parts, &state).await {
+        Ok(user) => user,
+        Err(error) => return error.into_response(),
+    };
+    parts.extensions.insert(user.clone());
+    let mut response = next.run(Request::from_parts(parts, body)).await;
+    let key_accepted = response.extensions().get::<KeyAccepted>().is_some();
+    let headers = response.headers_mut();
+    if let Ok(name) = HeaderValue::from_str(&user.username) {
+        headers.insert("carto-user", name);
     }
-
-    fn update(&self, change: impl FnOnce(&mut Option<Identity>)) {
-        change(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
+    headers.insert("carto-user-id", HeaderValue::from(user.id));
+    if key_accepted {
+        headers.append(header::VARY, HeaderValue::from_static("Authorization"));
     }
+    response
 }
 
-/// The outcome of authentication: the user and the key (with its role) the request runs as.
+/// The user named by the path segment or the `Host` header, looked up in the accounts.
+async fn addressed_user(parts: &mut Parts, state: &AppState) -> Result<User, ApiError> {
+    let params = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+        .await
+        .map(|Path(p)| p)
+        .unwrap_or_default();
+    let username = match params.get("user") {
+        // A name no user can have is answered without asking the database.
+        Some(user) if !could_be_username(user) => return Err(ApiError::unknown_user(user)),
+        Some(user) => user.clone(),
+        None => username_from_host(parts)?,
+    };
+    state
+        .accounts
+        .user(&username)
+        .await?
+        .ok_or_else(|| ApiError::unknown_user(&username))
+}
+
+/// Marks an answer given after the request's key was accepted: [`identify`] then adds
+/// `Vary: Authorization`. Handlers add it with [`Caller::answer`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeyAccepted;
+
+/// Who a request runs as: the user it is addressed to and its key, resolved to the key's kind
+/// and PostgreSQL role. As an extractor it takes the key from Basic auth or the query string
+/// (`api_key`, then `map_key`); no key means the public role. Only routes behind [`identify`]
+/// can extract it.
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// The user.
     pub user: User,
-    /// The key, resolved to its role.
+    /// The key, resolved to its kind and role.
     pub key: ApiKey,
 }
 
-impl FromRequestParts<AppState> for Addressed {
-    type Rejection = ApiError;
+impl Caller {
+    /// True for the user's master key.
+    pub fn is_master(&self) -> bool {
+        self.key.kind == KeyKind::Master
+    }
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let params = Path::<HashMap<String, String>>::from_request_parts(parts, state)
-            .await
-            .map(|Path(p)| p)
-            .unwrap_or_default();
-        let username = match params.get("user") {
-            // A name no user can have is answered without asking the database.
-            Some(user) if !could_be_username(user) => return Err(ApiError::unknown_user(user)),
-            Some(user) => user.clone(),
-            None => username_from_host(parts)?,
-        };
-        let user = state
-            .accounts
-            .user(&username)
-            .await
-            .map_err(ApiError::from)?
-            .ok_or_else(|| ApiError::unknown_user(&username))?;
-        let query = parts.uri.query().unwrap_or("");
-        let query_key = query_param(query, "api_key").or_else(|| query_param(query, "map_key"));
-        let identified = parts.extensions.get::<Identified>().cloned();
-        if let Some(identified) = &identified {
-            identified.update(|slot| {
-                *slot = Some(Identity {
-                    username: user.username.clone(),
-                    id: user.id,
-                    authenticated: false,
-                })
-            });
-        }
-        Ok(Addressed {
-            user,
-            basic: basic_credentials(parts),
-            query_key,
-            identified,
-        })
+    /// The handler's `outcome`, marked as answered to an authenticated caller.
+    pub(crate) fn answer(&self, outcome: impl IntoResponse) -> Response {
+        (Extension(KeyAccepted), outcome).into_response()
     }
 }
 
-impl Addressed {
-    /// Authenticates with the key found in the headers, the query string, or (for endpoints
-    /// whose body is a form) `body_key`, in that order. No key means the public role.
-    pub async fn authenticate(
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Credentials::of(parts)?.authenticate(state, None).await
+    }
+}
+
+/// A part of a request read from its body that may carry the key (`api_key`, then `map_key`,
+/// in a form or JSON body: spec §2's third source).
+pub(crate) trait BodyKey {
+    /// The key the body names, if any.
+    fn body_key(&self) -> Option<&str>;
+}
+
+/// The body-aware [`Caller`]: reads `B` from the body first, then authenticates with the key
+/// of the headers or query string, else `B`'s.
+pub(crate) struct CallerWith<B>(pub Caller, pub B);
+
+impl<B> FromRequest<AppState> for CallerWith<B>
+where
+    B: FromRequest<AppState, Rejection = ApiError> + BodyKey + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (parts, body) = request.into_parts();
+        let credentials = Credentials::of(&parts)?;
+        let read = B::from_request(Request::from_parts(parts, body), state).await?;
+        let caller = credentials.authenticate(state, read.body_key()).await?;
+        Ok(CallerWith(caller, read))
+    }
+}
+
+/// The user [`identify`] resolved and the key material found outside the body.
+struct Credentials {
+    user: User,
+    basic: Option<(String, String)>,
+    query_key: Option<String>,
+}
+
+impl Credentials {
+    fn of(parts: &Parts) -> Result<Self, ApiError> {
+        let user = parts
+            .extensions
+            .get::<User>()
+            .cloned()
+            .ok_or_else(|| ApiError::internal("a route that names a user lacks `identify`"))?;
+        let query = parts.uri.query().unwrap_or("");
+        Ok(Credentials {
+            user,
+            basic: basic_credentials(parts),
+            query_key: query_param(query, "api_key").or_else(|| query_param(query, "map_key")),
+        })
+    }
+
+    /// Authenticates with the key found in the headers, the query string, or `body_key`, in
+    /// that order (spec §2). No key means the public role.
+    async fn authenticate(
         self,
         state: &AppState,
         body_key: Option<&str>,
@@ -123,18 +175,10 @@ impl Addressed {
         let key = state
             .accounts
             .key(&self.user, token)
-            .await
-            .map_err(ApiError::from)?
+            .await?
             .ok_or_else(ApiError::unauthorized)?;
         if !key.grants_sql {
             return Err(ApiError::forbidden("forbidden"));
-        }
-        if let Some(identified) = &self.identified {
-            identified.update(|slot| {
-                if let Some(identity) = slot {
-                    identity.authenticated = true;
-                }
-            });
         }
         Ok(Caller {
             user: self.user,
@@ -143,16 +187,9 @@ impl Addressed {
     }
 }
 
-impl Caller {
-    /// True for the user's master key.
-    pub fn is_master(&self) -> bool {
-        self.key.kind == KeyKind::Master
-    }
-}
-
 /// The first label of the `Host` header (port included in what is matched), as upstream's
 /// default `^([^\.]+)\.` does. A label no user can have is the unknown-user 404 at once.
-pub(crate) fn username_from_host(parts: &Parts) -> Result<String, ApiError> {
+fn username_from_host(parts: &Parts) -> Result<String, ApiError> {
     let host = parts
         .headers
         .get(header::HOST)

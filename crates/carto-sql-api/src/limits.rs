@@ -10,17 +10,17 @@
 //! `docs/rate-limits.md`). The clock is the database's, so servers with skewed clocks agree.
 
 use std::collections::BTreeMap;
-use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use crate::accounts::User;
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -469,32 +469,24 @@ impl RateLimiter {
     }
 }
 
-/// Middleware enforcing `group`'s limit on the routes it wraps: the user is resolved from the
-/// path or `Host` (as auth does), the check runs before the handler (so before auth), a
-/// refused request gets 429, and every answer of a limited user carries the headers.
+/// The one rate-limit layer, enforcing `group`'s limit on the routes it wraps, every endpoint
+/// group alike. It runs inside [`auth::identify`](crate::auth::identify), which resolved the
+/// user, and before the handler (so before auth); a refused request gets 429, and every answer
+/// of a limited user carries the `Carto-Rate-Limit-*` headers.
 ///
-/// The spec puts body parsing before the limit; this runs before the body is read, which only
-/// changes which error a malformed *and* over-limit request sees, and spares reading bodies
-/// (up to 2 GB on copyfrom) that will be refused anyway.
+/// The spec puts body parsing before the limit. Batch-job routes do so (their body layer sits
+/// outside this one, see `jobs::http`); the others are limited before the body is read, which
+/// only changes which error a malformed *and* over-limit request sees, and spares reading
+/// bodies (up to 2 GB on copyfrom) that will be refused anyway.
 pub(crate) async fn enforce(
     State((state, group)): State<(AppState, Group)>,
     request: Request,
     next: Next,
 ) -> Response {
-    let (mut parts, body) = request.into_parts();
-    let username = match Path::<HashMap<String, String>>::from_request_parts(&mut parts, &state)
-        .await
-        .ok()
-        .and_then(|Path(p)| p.get("user").cloned())
-    {
-        Some(user) => Some(user),
-        None => crate::auth::username_from_host(&parts).ok(),
+    let Some(user) = request.extensions().get::<User>() else {
+        return ApiError::internal("a rate-limited route lacks `identify`").into_response();
     };
-    let request = Request::from_parts(parts, body);
-    let Some(username) = username else {
-        return next.run(request).await;
-    };
-    let decision = match state.limiter.check(&username, group).await {
+    let decision = match state.limiter.check(&user.username, group).await {
         Ok(decision) => decision,
         Err(error) => return ApiError::from(error.context("rate limit")).into_response(),
     };

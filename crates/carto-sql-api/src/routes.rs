@@ -5,18 +5,18 @@ use std::any::Any;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::{json, Value};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::{CompressionLayer, CompressionLevel};
 
-use crate::auth::{decode_form, refuse_nul, Addressed, Identified};
+use crate::auth::{decode_form, refuse_nul, BodyKey, Caller, CallerWith};
 use crate::copy::statement::{self, Direction};
 use crate::copy::{self, BodyEncoding, Upload};
 use crate::error::ApiError;
@@ -45,18 +45,43 @@ pub fn router(state: AppState) -> Router {
             .quality(CompressionLevel::Fastest),
     );
     let limited = |group| middleware::from_fn_with_state((state.clone(), group), limits::enforce);
+    let body_first = || middleware::from_fn(jobs::http::read_body_first);
+    // Layers added later run first: user, (job body,) rate limit, then the handler, whose
+    // extractor authenticates.
     let api = Router::new()
-        .merge(route("/sql", get(sql).post(sql)).route_layer(limited(Group::Query)))
-        .merge(
-            route("/sql/copyfrom", post(copyfrom_endpoint)).route_layer(limited(Group::CopyFrom)),
-        )
-        .merge(route("/sql/copyto", copyto).route_layer(limited(Group::CopyTo)))
-        .merge(route("/sql/job", post(jobs::http::create)))
+        .merge(route(
+            "/sql",
+            get(sql).post(sql).route_layer(limited(Group::Query)),
+        ))
+        .merge(route(
+            "/sql/copyfrom",
+            post(copyfrom_endpoint).route_layer(limited(Group::CopyFrom)),
+        ))
+        .merge(route(
+            "/sql/copyto",
+            copyto.route_layer(limited(Group::CopyTo)),
+        ))
+        .merge(route(
+            "/sql/job",
+            post(jobs::http::create)
+                .route_layer(limited(Group::JobCreate))
+                .route_layer(body_first()),
+        ))
         .merge(route(
             "/sql/job/{id}",
             get(jobs::http::read)
-                .delete(jobs::http::cancel)
-                .put(jobs::http::update),
+                .route_layer(limited(Group::JobGet))
+                .merge(delete(jobs::http::cancel).route_layer(limited(Group::JobDelete)))
+                // A new query is a submission: it counts with job creation.
+                .merge(
+                    put(jobs::http::update)
+                        .route_layer(limited(Group::JobCreate))
+                        .route_layer(body_first()),
+                ),
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::identify,
         ))
         .merge(route("/version", get(version)))
         .merge(route("/health", get(health)));
@@ -114,13 +139,12 @@ fn route(path: &str, handler: MethodRouter<AppState>) -> Router<AppState> {
 }
 
 /// CORS and host headers on every answer, `OPTIONS` answered without auth, one log line per
-/// request (the path only: keys travel in the query string and are never logged).
-async fn common_headers_and_log(mut request: Request, next: Next) -> Response {
+/// request (the path only: keys travel in the query string and are never logged). The
+/// identity headers are `auth::identify`'s.
+async fn common_headers_and_log(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    let identified = Identified::default();
-    request.extensions_mut().insert(identified.clone());
     let client = crate::auth::query_param(request.uri().query().unwrap_or(""), "client");
     let mut response = if method == Method::OPTIONS {
         StatusCode::OK.into_response()
@@ -128,15 +152,6 @@ async fn common_headers_and_log(mut request: Request, next: Next) -> Response {
         next.run(request).await
     };
     let headers = response.headers_mut();
-    if let Some(identity) = identified.get() {
-        if let Ok(user) = HeaderValue::from_str(&identity.username) {
-            headers.insert("carto-user", user);
-        }
-        headers.insert("carto-user-id", HeaderValue::from(identity.id));
-        if identity.authenticated {
-            headers.append(header::VARY, HeaderValue::from_static("Authorization"));
-        }
-    }
     for name in [
         "access-control-allow-origin",
         "access-control-allow-headers",
@@ -181,6 +196,24 @@ fn hostname() -> &'static str {
 /// Request parameters: the query string, then the body's (form or JSON), later ones winning.
 struct Params(Vec<(String, String)>);
 
+impl FromRequest<AppState> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, _: &AppState) -> Result<Self, ApiError> {
+        let (parts, body) = request.into_parts();
+        Params::read(&parts.headers, parts.uri.query(), body).await
+    }
+}
+
+impl BodyKey for Params {
+    /// `api_key`, then `map_key`.
+    fn body_key(&self) -> Option<&str> {
+        self.get("api_key")
+            .filter(|k| !k.is_empty())
+            .or_else(|| self.get("map_key"))
+    }
+}
+
 impl Params {
     async fn read(headers: &HeaderMap, query: Option<&str>, body: Body) -> Result<Self, ApiError> {
         let mut pairs = decode_form(query.unwrap_or("").as_bytes())?;
@@ -222,13 +255,6 @@ impl Params {
             .rev()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
-    }
-
-    /// The key sent in the parameters (`api_key`, then `map_key`).
-    fn key(&self) -> Option<&str> {
-        self.get("api_key")
-            .filter(|k| !k.is_empty())
-            .or_else(|| self.get("map_key"))
     }
 }
 
@@ -280,23 +306,24 @@ const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// `callback` in the query string, errors too are answered 200 as script (spec §3).
 async fn sql(
     State(state): State<AppState>,
-    addressed: Addressed,
-    headers: HeaderMap,
-    request: Request,
+    uri: Uri,
+    request: Result<CallerWith<Params>, ApiError>,
 ) -> Response {
-    let (parts, body) = request.into_parts();
-    let query = parts.uri.query().unwrap_or("");
-    let callback = crate::auth::query_param(query, "callback")
+    let callback = crate::auth::query_param(uri.query().unwrap_or(""), "callback")
         .as_deref()
         .and_then(query::jsonp_callback);
-    let answer = async {
-        let params = Params::read(&headers, Some(query), body).await?;
-        let caller = addressed.authenticate(&state, params.key()).await?;
-        let options = query::Options::parse(&params.0, callback.clone())?;
-        query::answer(&state.pools, &caller, &options, state.config.query_timeout).await
-    }
-    .await;
-    match (answer, callback) {
+    let (caller, answer) = match request {
+        Ok(CallerWith(caller, params)) => {
+            let answer = async {
+                let options = query::Options::parse(&params.0, callback.clone())?;
+                query::answer(&state.pools, &caller, &options, state.config.query_timeout).await
+            }
+            .await;
+            (Some(caller), answer)
+        }
+        Err(error) => (None, Err(error)),
+    };
+    let response = match (answer, callback) {
         (Ok(response), _) => response,
         (Err(error), None) => error.into_response(),
         (Err(error), Some(callback)) => {
@@ -312,32 +339,39 @@ async fn sql(
             response.extensions_mut().insert(error);
             response
         }
+    };
+    match caller {
+        Some(caller) => caller.answer(response),
+        None => response,
     }
 }
 
-/// `POST /sql/copyfrom`: stream the body into `COPY ... FROM STDIN`.
+/// `POST /sql/copyfrom`: stream the body into `COPY ... FROM STDIN`. The key comes from the
+/// headers or query string only: the body is data.
 async fn copyfrom_endpoint(
     State(state): State<AppState>,
-    addressed: Addressed,
+    caller: Caller,
     request: Request,
-) -> Result<Response, ApiError> {
+) -> Response {
     let (parts, body) = request.into_parts();
-    let caller = addressed.authenticate(&state, None).await?;
-    let q = crate::auth::query_param(parts.uri.query().unwrap_or(""), "q");
-    statement::check(q.as_deref(), Direction::FromStdin)?;
-    let upload = Upload {
-        sql: q.unwrap_or_default(),
-        body,
-        encoding: BodyEncoding::of(&parts.headers)?,
+    let outcome = async {
+        let q = crate::auth::query_param(parts.uri.query().unwrap_or(""), "q");
+        statement::check(q.as_deref(), Direction::FromStdin)?;
+        let upload = Upload {
+            sql: q.unwrap_or_default(),
+            body,
+            encoding: BodyEncoding::of(&parts.headers)?,
+        };
+        let started = Instant::now();
+        let rows = copy::copy_from(&state.pools, &caller, upload, &state.config).await?;
+        let mut response = json_answer(&json!({
+            "time": started.elapsed().as_secs_f64(),
+            "total_rows": rows,
+        }));
+        response.extensions_mut().insert(Rows(rows));
+        Ok::<_, ApiError>(response)
     };
-    let started = Instant::now();
-    let rows = copy::copy_from(&state.pools, &caller, upload, &state.config).await?;
-    let mut response = json_answer(&json!({
-        "time": started.elapsed().as_secs_f64(),
-        "total_rows": rows,
-    }));
-    response.extensions_mut().insert(Rows(rows));
-    Ok(response)
+    caller.answer(outcome.await)
 }
 
 /// Characters JavaScript's `encodeURIComponent` escapes: all but `A-Za-z0-9-_.!~*'()`.
@@ -355,41 +389,39 @@ const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
 /// `GET|POST /sql/copyto`: stream `COPY ... TO STDOUT`.
 async fn copyto_endpoint(
     State(state): State<AppState>,
-    addressed: Addressed,
-    headers: HeaderMap,
-    request: Request,
-) -> Result<Response, ApiError> {
-    let (parts, body) = request.into_parts();
-    let params = Params::read(&headers, parts.uri.query(), body).await?;
-    let caller = addressed.authenticate(&state, params.key()).await?;
-    let q = params.get("q");
-    statement::check(q, Direction::ToStdout)?;
-    let filename = params
-        .get("filename")
-        .filter(|f| !f.is_empty())
-        .unwrap_or("carto-sql-copyto.dmp");
-    let disposition = format!(
-        "attachment; filename={}",
-        utf8_percent_encode(filename, URI_COMPONENT)
-    );
-    let stream = copy::copy_to(
-        &state.pools,
-        &caller,
-        q.unwrap_or_default(),
-        state.config.copy_timeout,
-    )
-    .await?;
-    let mut response = Response::new(Body::from_stream(stream));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    headers.insert(
-        header::CONTENT_DISPOSITION,
-        HeaderValue::from_str(&disposition).map_err(ApiError::internal)?,
-    );
-    Ok(response)
+    CallerWith(caller, params): CallerWith<Params>,
+) -> Response {
+    let outcome = async {
+        let q = params.get("q");
+        statement::check(q, Direction::ToStdout)?;
+        let filename = params
+            .get("filename")
+            .filter(|f| !f.is_empty())
+            .unwrap_or("carto-sql-copyto.dmp");
+        let disposition = format!(
+            "attachment; filename={}",
+            utf8_percent_encode(filename, URI_COMPONENT)
+        );
+        let stream = copy::copy_to(
+            &state.pools,
+            &caller,
+            q.unwrap_or_default(),
+            state.config.copy_timeout,
+        )
+        .await?;
+        let mut response = Response::new(Body::from_stream(stream));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        headers.insert(
+            header::CONTENT_DISPOSITION,
+            HeaderValue::from_str(&disposition).map_err(ApiError::internal)?,
+        );
+        Ok::<_, ApiError>(response)
+    };
+    caller.answer(outcome.await)
 }
 
 #[cfg(test)]

@@ -1,149 +1,142 @@
-//! `/sql/job` handlers, in the spec's check order: user, body, payload size (create), rate
-//! limit, auth (master key only), then the job.
+//! `/sql/job` handlers and the body layer that keeps the spec's check order: user
+//! ([`identify`](crate::auth::identify)), body and payload size ([`read_body_first`], create
+//! and update), rate limit ([`limits::enforce`](crate::limits::enforce)), auth (the handler's
+//! [`Caller`], master key only), then the job.
 
 use std::collections::HashMap;
-use std::future::Future;
 
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use super::model::{nested_form, payload_length};
 use super::MAX_PAYLOAD;
-use crate::auth::{decode_form, refuse_nul, Addressed, Caller};
+use crate::auth::{decode_form, refuse_nul, BodyKey, Caller, CallerWith};
 use crate::error::ApiError;
-use crate::limits::Group;
 use crate::AppState;
 
 /// Bodies past this are not read at all (the payload limit is far below it).
 const MAX_BODY: usize = 1024 * 1024;
 
+/// A job request's body (JSON, or a nested form as JSON), read and size-checked by
+/// [`read_body_first`] before the rate limit.
+#[derive(Debug, Clone)]
+pub(crate) struct JobBody(Value);
+
+impl BodyKey for JobBody {
+    fn body_key(&self) -> Option<&str> {
+        ["api_key", "map_key"]
+            .into_iter()
+            .filter_map(|k| self.0.get(k).and_then(Value::as_str))
+            .find(|k| !k.is_empty())
+    }
+}
+
+impl FromRequest<AppState> for JobBody {
+    type Rejection = ApiError;
+
+    async fn from_request(mut request: Request, _: &AppState) -> Result<Self, ApiError> {
+        request
+            .extensions_mut()
+            .remove::<JobBody>()
+            .ok_or_else(|| ApiError::internal("a job route with a body lacks `read_body_first`"))
+    }
+}
+
+/// Layer of the job routes that take a body: reads it and refuses it past the 16 KiB payload
+/// limit before the rate limit and the key are looked at, as the spec orders them; the
+/// handler gets it as a [`JobBody`].
+pub(crate) async fn read_body_first(request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    match job_body(&parts.headers, body).await {
+        Ok(body) => {
+            parts.extensions.insert(body);
+            next.run(Request::from_parts(parts, Body::empty())).await
+        }
+        Err(error) => error.into_response(),
+    }
+}
+
 /// `POST /sql/job`.
 pub(crate) async fn create(
     State(state): State<AppState>,
-    addressed: Addressed,
-    request: Request,
+    CallerWith(caller, JobBody(body)): CallerWith<JobBody>,
 ) -> Response {
-    let body = match job_body(request).await {
-        Ok(body) => body,
-        Err(error) => return error.into_response(),
-    };
-    let username = addressed.user.username.clone();
-    limited(&state, &username, Group::JobCreate, async {
-        let caller = master(&state, addressed, Some(&body)).await?;
+    let outcome = async {
+        require_master(&caller)?;
         let job = state
             .jobs
             .create(&caller.user, &caller.key.login.role, body.get("query"))
             .await?;
-        Ok(json_answer(StatusCode::CREATED, &job))
-    })
-    .await
+        Ok::<_, ApiError>(json_answer(StatusCode::CREATED, &job))
+    };
+    caller.answer(outcome.await)
 }
 
 /// `GET /sql/job/{id}`.
 pub(crate) async fn read(
     State(state): State<AppState>,
-    addressed: Addressed,
     Path(params): Path<HashMap<String, String>>,
+    caller: Caller,
 ) -> Response {
-    let id = params.get("id").cloned().unwrap_or_default();
-    let username = addressed.user.username.clone();
-    limited(&state, &username, Group::JobGet, async {
-        let caller = master(&state, addressed, None).await?;
-        let job = state.jobs.get(&caller.user, &id).await?;
-        Ok(json_answer(StatusCode::OK, &job))
-    })
-    .await
+    let id = params.get("id").map(String::as_str).unwrap_or_default();
+    let outcome = async {
+        require_master(&caller)?;
+        let job = state.jobs.get(&caller.user, id).await?;
+        Ok::<_, ApiError>(json_answer(StatusCode::OK, &job))
+    };
+    caller.answer(outcome.await)
 }
 
 /// `DELETE /sql/job/{id}`.
 pub(crate) async fn cancel(
     State(state): State<AppState>,
-    addressed: Addressed,
     Path(params): Path<HashMap<String, String>>,
+    caller: Caller,
 ) -> Response {
-    let id = params.get("id").cloned().unwrap_or_default();
-    let username = addressed.user.username.clone();
-    limited(&state, &username, Group::JobDelete, async {
-        let caller = master(&state, addressed, None).await?;
-        let job = state.jobs.cancel(&caller.user, &id).await?;
-        Ok(json_answer(StatusCode::OK, &job))
-    })
-    .await
+    let id = params.get("id").map(String::as_str).unwrap_or_default();
+    let outcome = async {
+        require_master(&caller)?;
+        let job = state.jobs.cancel(&caller.user, id).await?;
+        Ok::<_, ApiError>(json_answer(StatusCode::OK, &job))
+    };
+    caller.answer(outcome.await)
 }
 
 /// `PUT /sql/job/{id}`: a new `query` for a pending job.
 pub(crate) async fn update(
     State(state): State<AppState>,
-    addressed: Addressed,
     Path(params): Path<HashMap<String, String>>,
-    request: Request,
+    CallerWith(caller, JobBody(body)): CallerWith<JobBody>,
 ) -> Response {
-    let id = params.get("id").cloned().unwrap_or_default();
-    let body = match job_body(request).await {
-        Ok(body) => body,
-        Err(error) => return error.into_response(),
-    };
-    let username = addressed.user.username.clone();
-    limited(&state, &username, Group::JobCreate, async {
-        let caller = master(&state, addressed, Some(&body)).await?;
+    let id = params.get("id").map(String::as_str).unwrap_or_default();
+    let outcome = async {
+        require_master(&caller)?;
         let job = state
             .jobs
-            .update(&caller.user, &id, body.get("query"))
+            .update(&caller.user, id, body.get("query"))
             .await?;
-        Ok(json_answer(StatusCode::OK, &job))
-    })
-    .await
-}
-
-/// Runs `work` if `group`'s limit allows, adding the rate-limit headers to whatever it answers.
-async fn limited(
-    state: &AppState,
-    username: &str,
-    group: Group,
-    work: impl Future<Output = Result<Response, ApiError>>,
-) -> Response {
-    let decision = match state.limiter.check(username, group).await {
-        Ok(decision) => decision,
-        Err(error) => return ApiError::from(error.context("rate limit")).into_response(),
+        Ok::<_, ApiError>(json_answer(StatusCode::OK, &job))
     };
-    if let Some(decision) = decision.filter(|d| !d.allowed) {
-        return decision.refusal();
-    }
-    let mut response = work.await.unwrap_or_else(IntoResponse::into_response);
-    if let Some(decision) = decision {
-        decision.add_headers(response.headers_mut());
-    }
-    response
+    caller.answer(outcome.await)
 }
 
-/// Authenticates with the key of the headers, query string or body; only the master key may
-/// use batch jobs.
-async fn master(
-    state: &AppState,
-    addressed: Addressed,
-    body: Option<&Value>,
-) -> Result<Caller, ApiError> {
-    let body_key = body.and_then(|b| {
-        ["api_key", "map_key"]
-            .into_iter()
-            .filter_map(|k| b.get(k).and_then(Value::as_str))
-            .find(|k| !k.is_empty())
-    });
-    let caller = addressed.authenticate(state, body_key).await?;
-    if !caller.is_master() {
-        return Err(ApiError::forbidden("permission denied"));
+/// Only the master key may use batch jobs (spec §2).
+fn require_master(caller: &Caller) -> Result<(), ApiError> {
+    if caller.is_master() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("permission denied"))
     }
-    Ok(caller)
 }
 
 /// A job request's body, checked against the 16 KiB payload limit (which the spec checks
 /// right after parsing, before the rate limit and the key).
-async fn job_body(request: Request) -> Result<Value, ApiError> {
-    let (parts, body) = request.into_parts();
-    let body = read_body(&parts.headers, body).await?;
+async fn job_body(headers: &HeaderMap, body: Body) -> Result<JobBody, ApiError> {
+    let body = read_body(headers, body).await?;
     let size = payload_length(&body);
     if size > MAX_PAYLOAD {
         return Err(ApiError::bad_request(format!(
@@ -152,7 +145,7 @@ async fn job_body(request: Request) -> Result<Value, ApiError> {
              http://docs.cartodb.com/cartodb-platform/import-api/"
         )));
     }
-    Ok(body)
+    Ok(JobBody(body))
 }
 
 /// The body as JSON: parsed if JSON, else decoded as a (nested) form.
