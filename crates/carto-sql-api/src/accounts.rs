@@ -6,7 +6,7 @@
 //! passwords) lives in the `carto_meta` database of the same cluster, so several server
 //! processes can share it.
 
-use anyhow::{bail, Context, Result};
+use crate::error::{invalid, ApiError, Context, Result};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use serde::Serialize;
@@ -104,7 +104,7 @@ impl Accounts {
         let meta = deadpool_postgres::Pool::builder(manager)
             .max_size(8)
             .build()
-            .context("metadata pool")?;
+            .map_err(|e| ApiError::internal(format!("metadata pool: {e}")))?;
         Ok(Accounts { admin, meta })
     }
 
@@ -115,13 +115,14 @@ impl Accounts {
 
     /// Looks a user up by name.
     pub async fn user(&self, username: &str) -> Result<Option<User>> {
-        let client = self.meta.get().await?;
+        let client = self.meta.get().await.context("looking up a user")?;
         let row = client
             .query_opt(
                 "SELECT id, username, database FROM users WHERE username = $1",
                 &[&username],
             )
-            .await?;
+            .await
+            .context("looking up a user")?;
         Ok(row.map(|row| User {
             id: row.get(0),
             username: row.get(1),
@@ -131,14 +132,15 @@ impl Accounts {
 
     /// Resolves `token` for `user`; `None` when the user has no such key.
     pub async fn key(&self, user: &User, token: &str) -> Result<Option<ApiKey>> {
-        let client = self.meta.get().await?;
+        let client = self.meta.get().await.context("looking up a key")?;
         let row = client
             .query_opt(
                 "SELECT kind, grants_sql, db_role, db_password FROM api_keys \
                  WHERE username = $1 AND token_sha256 = $2",
                 &[&user.username, &token_hash(token)],
             )
-            .await?;
+            .await
+            .context("looking up a key")?;
         Ok(row.map(|row| ApiKey {
             kind: KeyKind::parse(row.get(0)),
             grants_sql: row.get(1),
@@ -156,7 +158,7 @@ impl Accounts {
         validate_username(username)?;
         let master_key = match api_key {
             Some(key) if key.is_empty() || key == DEFAULT_PUBLIC => {
-                bail!("the API key must be a non-empty string other than '{DEFAULT_PUBLIC}'")
+                invalid!("the API key must be a non-empty string other than '{DEFAULT_PUBLIC}'")
             }
             Some(key) => key.to_string(),
             None => random_token(32),
@@ -179,7 +181,7 @@ impl Accounts {
         master_key: &str,
     ) -> Result<()> {
         if self.user(username).await?.is_some() {
-            bail!("user '{username}' already exists");
+            invalid!("user '{username}' already exists");
         }
         let database = format!("carto_user_{username}");
         let master_role = format!("carto_{username}_master");
@@ -252,7 +254,7 @@ impl Accounts {
                 )
                 .await?;
             }
-            anyhow::Ok(())
+            Ok::<_, crate::error::ApiError>(())
         };
         if let Err(error) = steps.await {
             let _ = drop_user_objects(admin, &database, &[&master_role, &public_role]).await;
@@ -270,7 +272,7 @@ impl Accounts {
     /// `cartodb._CDB_UserQuotaInBytes()`.
     pub async fn set_quota(&self, username: &str, bytes: u64) -> Result<()> {
         let Some(user) = self.user(username).await? else {
-            bail!("user '{username}' does not exist");
+            invalid!("user '{username}' does not exist");
         };
         let mut config = self.admin.clone();
         config.dbname(&user.database);
@@ -326,7 +328,7 @@ async fn bootstrap(admin: &tokio_postgres::Config) -> Result<()> {
             ))
             .await
             .context("revoking CONNECT on the server's own databases")?;
-        anyhow::Ok(())
+        Ok::<_, crate::error::ApiError>(())
     }
     .await;
     client
@@ -401,7 +403,7 @@ fn validate_username(name: &str) -> Result<()> {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
         && name.as_bytes()[0].is_ascii_alphanumeric();
     if !valid {
-        bail!(
+        invalid!(
             "invalid user name '{name}': use 1 to 40 lowercase letters, digits, '-' or '_', \
              starting with a letter or digit"
         );

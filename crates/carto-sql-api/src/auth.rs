@@ -335,12 +335,12 @@ mod tests {
         );
         let error = decode_form(b"q=%FF").unwrap_err();
         assert_eq!(
-            error.message,
+            error.message(),
             "Invalid request: parameter 'q' is not valid UTF-8"
         );
         let error = decode_form(b"q=select%00").unwrap_err();
         assert_eq!(
-            error.message,
+            error.message(),
             "Invalid request: parameter 'q' contains a NUL byte"
         );
         assert!(decode_form(b"a%00=1").is_err());
@@ -398,7 +398,7 @@ mod tests {
                 if let Some(parts) = host_parts(&host) {
                     match username_from_host(&parts) {
                         Ok(user) => prop_assert!(could_be_username(&user)),
-                        Err(error) => prop_assert!(error.status.is_client_error()),
+                        Err(error) => prop_assert!(error.status().is_client_error()),
                     }
                 }
             }
@@ -437,7 +437,7 @@ mod tests {
                             prop_assert!(!name.contains('\0') && !value.contains('\0'));
                         }
                     }
-                    Err(error) => prop_assert_eq!(error.status, StatusCode::BAD_REQUEST),
+                    Err(error) => prop_assert_eq!(error.status(), StatusCode::BAD_REQUEST),
                 }
             }
         }

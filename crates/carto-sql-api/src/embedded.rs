@@ -12,7 +12,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use anyhow::{anyhow, bail, Context, Result};
+use crate::error::{ApiError, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
@@ -158,7 +158,7 @@ impl EmbeddedCluster {
         let _setup = lock_blocking(self.setup_lock.clone(), FlockArg::LockExclusive).await?;
         let file = in_use
             .unlock()
-            .map_err(|(_, errno)| anyhow!("unlocking cluster.lock: {errno}"))?;
+            .map_err(|(_, errno)| ApiError::Internal(format!("unlocking cluster.lock: {errno}")))?;
         // Only the last user gets the lock exclusively; the others leave the cluster running.
         let Ok(_last) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
             return Ok(());
@@ -171,10 +171,10 @@ impl EmbeddedCluster {
             .output()
             .await?;
         if !out.status.success() && self.running_port().is_some() {
-            bail!(
+            return Err(ApiError::Internal(format!(
                 "pg_ctl stop failed: {}",
                 String::from_utf8_lossy(&out.stderr)
-            );
+            )));
         }
         Ok(())
     }
@@ -280,13 +280,13 @@ impl EmbeddedCluster {
             .collect();
         // A data directory without its password is what an interrupted first start leaves.
         if self.pgdata.join("PG_VERSION").exists() {
-            bail!(
+            return Err(ApiError::Internal(format!(
                 "{} holds a cluster but its password file {} is missing: remove the cluster's \
                  directory {} to start afresh",
                 self.pgdata.display(),
                 password_file.display(),
                 self.root.display()
-            );
+            )));
         }
         // initdb reads the password from a file the cluster's OS user can read.
         let pwfile = self.root.join("initdb-pwfile");
@@ -306,11 +306,11 @@ impl EmbeddedCluster {
             .context("running initdb")?;
         let _ = std::fs::remove_file(&pwfile);
         if !out.status.success() {
-            bail!(
+            return Err(ApiError::Internal(format!(
                 "initdb failed: {}{}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
-            );
+            )));
         }
         let mut settings = format!(
             "\n# carto-sql-api: private cluster, Unix socket only\nlisten_addresses = ''\n\
@@ -355,11 +355,11 @@ impl EmbeddedCluster {
         if !out.status.success() {
             let tail = std::fs::read_to_string(&log).unwrap_or_default();
             let tail: Vec<&str> = tail.lines().rev().take(10).collect();
-            bail!(
+            return Err(ApiError::Internal(format!(
                 "pg_ctl start failed: {}\n{}",
                 String::from_utf8_lossy(&out.stderr),
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
+            )));
         }
         Ok(())
     }
@@ -381,10 +381,10 @@ fn run_as_user(os_user: &str) -> Result<Option<nix::unistd::User>> {
         return Ok(None);
     }
     let user = nix::unistd::User::from_name(os_user)?.ok_or_else(|| {
-        anyhow!(
+        ApiError::Internal(format!(
             "running as root, PostgreSQL needs an unprivileged OS user to run as, and user \
              '{os_user}' does not exist (install the postgresql package, or set CARTO_PG_OS_USER)"
-        )
+        ))
     })?;
     Ok(Some(user))
 }
@@ -413,9 +413,10 @@ pub fn find_bin_dir() -> Result<PathBuf> {
         .collect();
     candidates.sort();
     candidates.pop().map(|(_, dir)| dir).ok_or_else(|| {
-        anyhow!(
+        ApiError::Internal(
             "no PostgreSQL server binaries found (no initdb via pg_config --bindir or in \
              /usr/lib/postgresql/*/bin): install postgresql and postgis, or pass --database-url"
+                .into(),
         )
     })
 }
@@ -457,7 +458,9 @@ async fn lock_blocking(path: PathBuf, kind: FlockArg) -> Result<Flock<std::fs::F
             .write(true)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
-        Flock::lock(file, kind).map_err(|(_, errno)| anyhow!("locking {}: {errno}", path.display()))
+        Flock::lock(file, kind).map_err(|(_, errno)| {
+            ApiError::Internal(format!("locking {}: {errno}", path.display()))
+        })
     })
     .await?
 }

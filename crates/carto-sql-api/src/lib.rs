@@ -7,7 +7,7 @@
 //! the API key's own, non-superuser PostgreSQL role.
 //!
 //! ```no_run
-//! # async fn demo() -> anyhow::Result<()> {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use carto_sql_api::{embedded::{EmbeddedCluster, EmbeddedOptions}, Config, Server};
 //!
 //! let cluster = EmbeddedCluster::start(&EmbeddedOptions::new("./.carto-data")).await?;
@@ -24,9 +24,6 @@
 // Slicing client text at a byte offset panics inside a multi-byte character: use `get(..)`
 // or char-aware code. Tests may slice text they wrote themselves.
 #![cfg_attr(not(test), deny(clippy::string_slice))]
-// `ApiError` (status, message, and PostgreSQL's detail, hint and context) is returned at
-// most once per request, on the error path: its size costs nothing worth boxing it for.
-#![allow(clippy::result_large_err)]
 
 pub mod accounts;
 pub(crate) mod auth;
@@ -47,7 +44,7 @@ pub mod timeouts;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use crate::error::Result;
 
 use crate::accounts::Accounts;
 use crate::db::{PoolSettings, Pools};

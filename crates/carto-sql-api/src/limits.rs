@@ -14,7 +14,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{invalid, Answer, OrInvalid, Result};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -76,13 +76,13 @@ impl fmt::Display for Group {
 }
 
 impl FromStr for Group {
-    type Err = anyhow::Error;
+    type Err = crate::error::ApiError;
 
     fn from_str(text: &str) -> Result<Self> {
         Group::ALL
             .into_iter()
             .find(|g| g.name() == text)
-            .with_context(|| {
+            .or_invalid(|| {
                 format!(
                     "unknown endpoint group '{text}': use one of {}",
                     Group::ALL.map(Group::name).join(", ")
@@ -106,27 +106,27 @@ pub struct Rate {
 }
 
 impl FromStr for Rate {
-    type Err = anyhow::Error;
+    type Err = crate::error::ApiError;
 
     fn from_str(text: &str) -> Result<Self> {
         let parts: Vec<&str> = text.split('/').collect();
         let [burst, count, period] = parts[..] else {
-            bail!("a rate limit is BURST/COUNT/PERIOD, e.g. 10/5/1s, not '{text}'");
+            invalid!("a rate limit is BURST/COUNT/PERIOD, e.g. 10/5/1s, not '{text}'");
         };
         let burst: u32 = burst
             .trim()
             .parse()
-            .with_context(|| format!("burst '{burst}' is not a whole number"))?;
+            .or_invalid(|| format!("burst '{burst}' is not a whole number"))?;
         let count: u32 = count
             .trim()
             .parse()
-            .with_context(|| format!("count '{count}' is not a whole number"))?;
+            .or_invalid(|| format!("count '{count}' is not a whole number"))?;
         let period = parse_period(period.trim())?;
         if count == 0 {
-            bail!("the count of a rate limit must be at least 1");
+            invalid!("the count of a rate limit must be at least 1");
         }
         if period < Duration::from_millis(1) {
-            bail!("the period of a rate limit must be at least 1ms");
+            invalid!("the period of a rate limit must be at least 1ms");
         }
         Ok(Rate {
             burst,
@@ -164,10 +164,10 @@ fn parse_period(text: &str) -> Result<Duration> {
         .parse()
         .ok()
         .filter(|v: &f64| v.is_finite() && *v >= 0.0)
-        .with_context(|| format!("period '{text}' is not a duration such as 1, 0.5, 500ms, 1m"))?;
+        .or_invalid(|| format!("period '{text}' is not a duration such as 1, 0.5, 500ms, 1m"))?;
     let ms = value * unit_ms;
     if ms > 1e12 {
-        bail!("period '{text}' is too long");
+        invalid!("period '{text}' is too long");
     }
     Ok(Duration::from_millis(ms.round() as u64))
 }
@@ -182,12 +182,12 @@ pub struct GroupRate {
 }
 
 impl FromStr for GroupRate {
-    type Err = anyhow::Error;
+    type Err = crate::error::ApiError;
 
     fn from_str(text: &str) -> Result<Self> {
         let (group, rate) = text
             .split_once('=')
-            .with_context(|| format!("expected GROUP=BURST/COUNT/PERIOD, got '{text}'"))?;
+            .or_invalid(|| format!("expected GROUP=BURST/COUNT/PERIOD, got '{text}'"))?;
         Ok(GroupRate {
             group: group.trim().parse()?,
             rate: rate.parse()?,
@@ -276,10 +276,10 @@ impl Decision {
 
     /// The 429 answer of a refused request, with its headers.
     pub fn refusal(&self) -> Response {
-        let mut response = ApiError {
+        let mut response = Answer {
             context: Some("limit".into()),
             detail: Some("rate-limit".into()),
-            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, RATE_LIMIT_MESSAGE)
+            ..Answer::new(StatusCode::TOO_MANY_REQUESTS, RATE_LIMIT_MESSAGE)
         }
         .into_response();
         self.add_headers(response.headers_mut());
@@ -409,7 +409,7 @@ impl RateLimiter {
             .await?
             .is_some();
         if !exists {
-            bail!("user '{username}' does not exist");
+            invalid!("user '{username}' does not exist");
         }
         match rate {
             Some(rate) => {
@@ -488,7 +488,7 @@ pub(crate) async fn enforce(
     };
     let decision = match state.limiter.check(&user.username, group).await {
         Ok(decision) => decision,
-        Err(error) => return ApiError::from(error.context("rate limit")).into_response(),
+        Err(error) => return error.context("rate limit").into_response(),
     };
     match decision {
         None => next.run(request).await,

@@ -19,7 +19,7 @@ use tower_http::compression::{CompressionLayer, CompressionLevel};
 use crate::auth::{decode_form, refuse_nul, BodyKey, Caller, CallerWith};
 use crate::copy::statement::{self, Direction};
 use crate::copy::{self, BodyEncoding, Upload};
-use crate::error::ApiError;
+use crate::error::{Answer, ApiError};
 use crate::jobs;
 use crate::limits::{self, Group};
 use crate::query;
@@ -168,7 +168,7 @@ async fn common_headers_and_log(request: Request, next: Next) -> Response {
     let rows = response.extensions().get::<Rows>().map(|r| r.0);
     let error = response
         .extensions()
-        .get::<ApiError>()
+        .get::<Answer>()
         .map(|e| e.message.clone());
     tracing::info!(
         %method,
@@ -278,7 +278,7 @@ async fn health(State(state): State<AppState>) -> Response {
     let probe = async {
         let client = state.accounts.meta().get().await?;
         client.simple_query("SELECT 1").await?;
-        Ok::<_, anyhow::Error>(())
+        Ok::<_, ApiError>(())
     };
     match tokio::time::timeout(HEALTH_TIMEOUT, probe).await {
         Ok(Ok(())) => json_answer(&json!({ "enabled": false, "ok": true })),
@@ -336,7 +336,7 @@ async fn sql(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/javascript; charset=utf-8"),
             );
-            response.extensions_mut().insert(error);
+            response.extensions_mut().insert(error.answer());
             response
         }
     };
@@ -513,7 +513,7 @@ mod tests {
                         prop_assert!(!name.contains('\0') && !value.contains('\0'));
                     }
                 }
-                Err(error) => prop_assert_eq!(error.status, StatusCode::BAD_REQUEST),
+                Err(error) => prop_assert_eq!(error.status(), StatusCode::BAD_REQUEST),
             }
         }
     }

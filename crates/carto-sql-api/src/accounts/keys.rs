@@ -7,7 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use anyhow::{bail, Context, Result};
+use crate::error::{invalid, Context, OrInvalid, Result};
 use serde::Serialize;
 
 use super::{random_token, token_hash, Accounts, KeyKind, DEFAULT_PUBLIC};
@@ -51,23 +51,23 @@ impl Grant {
 }
 
 impl FromStr for Grant {
-    type Err = anyhow::Error;
+    type Err = crate::error::ApiError;
 
     fn from_str(text: &str) -> Result<Self> {
         let (table, privileges) = text
             .rsplit_once(':')
-            .with_context(|| format!("a grant is TABLE:PRIVILEGE[,PRIVILEGE...], not '{text}'"))?;
+            .or_invalid(|| format!("a grant is TABLE:PRIVILEGE[,PRIVILEGE...], not '{text}'"))?;
         let parts = parse_qualified_name(table.trim())?;
         let (schema_name, table_name) = match parts.as_slice() {
             [table] => ("public".to_string(), table.clone()),
             [schema, table] => (schema.clone(), table.clone()),
-            _ => bail!("'{table}' is not a table name: use TABLE or SCHEMA.TABLE"),
+            _ => invalid!("'{table}' is not a table name: use TABLE or SCHEMA.TABLE"),
         };
         let mut list = Vec::new();
         for privilege in privileges.split(',') {
             let privilege = privilege.trim().to_ascii_lowercase();
             if !TABLE_PRIVILEGES.contains(&privilege.as_str()) {
-                bail!(
+                invalid!(
                     "unknown privilege '{privilege}' on {table}: use {}",
                     TABLE_PRIVILEGES.join(", ")
                 );
@@ -107,7 +107,7 @@ fn parse_qualified_name(text: &str) -> Result<Vec<String>> {
                     }
                     Some('"') => break,
                     Some(c) => part.push(c),
-                    None => bail!("unterminated quoted name in '{text}'"),
+                    None => invalid!("unterminated quoted name in '{text}'"),
                 }
             }
         } else {
@@ -120,13 +120,13 @@ fn parse_qualified_name(text: &str) -> Result<Vec<String>> {
             }
         }
         if part.is_empty() {
-            bail!("empty name in '{text}'");
+            invalid!("empty name in '{text}'");
         }
         parts.push(part);
         match chars.next() {
             None => return Ok(parts),
             Some('.') => {}
-            Some(c) => bail!("unexpected '{c}' after a quoted name in '{text}'"),
+            Some(c) => invalid!("unexpected '{c}' after a quoted name in '{text}'"),
         }
     }
 }
@@ -176,11 +176,11 @@ impl Accounts {
         grants: &[Grant],
     ) -> Result<NewKey> {
         let Some(user) = self.user(username).await? else {
-            bail!("user '{username}' does not exist");
+            invalid!("user '{username}' does not exist");
         };
         let token = match token {
             Some(t) if t.is_empty() || t == DEFAULT_PUBLIC => {
-                bail!("the API key must be a non-empty string other than '{DEFAULT_PUBLIC}'")
+                invalid!("the API key must be a non-empty string other than '{DEFAULT_PUBLIC}'")
             }
             Some(t) => t.to_string(),
             None => random_token(32),
@@ -191,7 +191,7 @@ impl Accounts {
             .map(str::to_string)
             .unwrap_or_else(|| format!("key_{suffix}"));
         if name.is_empty() {
-            bail!("a key name cannot be empty");
+            invalid!("a key name cannot be empty");
         }
         let meta = self.meta.get().await?;
         let taken = meta
@@ -202,7 +202,7 @@ impl Accounts {
             .await?
             .is_some();
         if taken {
-            bail!("user '{username}' already has a key with that name or token");
+            invalid!("user '{username}' already has a key with that name or token");
         }
 
         let admin = connect(&self.admin).await?;
@@ -285,7 +285,7 @@ impl Accounts {
                 ],
             )
             .await?;
-            anyhow::Ok(())
+            Ok::<_, crate::error::ApiError>(())
         };
         if let Err(error) = steps.await {
             let _ = drop_key_role(&self.admin, &user.database, &role).await;
@@ -302,7 +302,7 @@ impl Accounts {
     /// `username`'s keys, master first.
     pub async fn keys(&self, username: &str) -> Result<Vec<KeyInfo>> {
         if self.user(username).await?.is_none() {
-            bail!("user '{username}' does not exist");
+            invalid!("user '{username}' does not exist");
         }
         let meta = self.meta.get().await?;
         let rows = meta
@@ -329,7 +329,7 @@ impl Accounts {
     /// its privileges and sessions and is dropped, so the token stops working at once.
     pub async fn delete_key(&self, username: &str, key: &str) -> Result<()> {
         let Some(user) = self.user(username).await? else {
-            bail!("user '{username}' does not exist");
+            invalid!("user '{username}' does not exist");
         };
         let meta = self.meta.get().await?;
         let row = meta
@@ -339,7 +339,7 @@ impl Accounts {
                 &[&username, &key, &token_hash(key)],
             )
             .await?
-            .with_context(|| format!("user '{username}' has no regular key '{key}'"))?;
+            .or_invalid(|| format!("user '{username}' has no regular key '{key}'"))?;
         let role: String = row.get(0);
         drop_key_role(&self.admin, &user.database, &role).await
     }

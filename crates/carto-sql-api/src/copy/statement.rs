@@ -115,11 +115,11 @@ mod tests {
     use super::*;
 
     fn from(sql: &str) -> Result<(), String> {
-        check(Some(sql), Direction::FromStdin).map_err(|e| e.message)
+        check(Some(sql), Direction::FromStdin).map_err(|e| e.message())
     }
 
     fn to(sql: &str) -> Result<(), String> {
-        check(Some(sql), Direction::ToStdout).map_err(|e| e.message)
+        check(Some(sql), Direction::ToStdout).map_err(|e| e.message())
     }
 
     #[test]
@@ -137,7 +137,7 @@ mod tests {
     #[test]
     fn missing_or_not_copy() {
         assert_eq!(
-            check(None, Direction::FromStdin).unwrap_err().message,
+            check(None, Direction::FromStdin).unwrap_err().message(),
             "SQL is missing"
         );
         assert_eq!(from("").unwrap_err(), "SQL is missing");

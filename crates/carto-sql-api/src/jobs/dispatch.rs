@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use anyhow::Result;
+use crate::error::Result;
 use tokio::task::JoinSet;
 use tokio_postgres::NoTls;
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use crate::error::Result;
 
 use super::Inner;
 

@@ -23,7 +23,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use crate::error::{invalid, Result};
 use axum::http::StatusCode;
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
@@ -466,7 +466,7 @@ impl Jobs {
             .await?
             .is_none()
         {
-            bail!("user '{username}' does not exist");
+            invalid!("user '{username}' does not exist");
         }
         match timeout {
             Some(timeout) => {

@@ -470,7 +470,7 @@ mod tests {
                 "there is no job class for the provided query",
             ),
         ] {
-            assert_eq!(initial_query(bad.as_ref()).unwrap_err().message, message);
+            assert_eq!(initial_query(bad.as_ref()).unwrap_err().message(), message);
         }
     }
 

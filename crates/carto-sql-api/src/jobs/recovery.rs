@@ -19,7 +19,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use crate::error::Result;
 
 use super::model::Status;
 use super::{Inner, JobRow, COLUMNS, USER_LOCK};

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use crate::error::Result;
 use tokio_postgres::NoTls;
 
 use super::dispatch::OwnedConnection;

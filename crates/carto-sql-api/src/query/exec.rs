@@ -191,7 +191,7 @@ async fn run(
                 notices,
             };
             let mut tail = Vec::new();
-            if encoder.tail(&summary, Some(&error.message), &mut tail) {
+            if encoder.tail(&summary, Some(&error.message()), &mut tail) {
                 out.buf.extend_from_slice(&tail);
                 let _ = out.flush().await;
             } else if out.flush().await.is_ok() {

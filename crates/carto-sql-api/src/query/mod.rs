@@ -369,12 +369,12 @@ mod tests {
     fn formats() {
         assert_eq!(Format::parse("GeoJSON").ok(), Some(Format::GeoJson));
         assert_eq!(
-            Format::parse("Unknown").err().map(|e| e.message),
+            Format::parse("Unknown").err().map(|e| e.message()),
             Some("Invalid format: unknown".to_string())
         );
         assert!(Format::parse("svg")
             .err()
-            .is_some_and(|e| e.message.contains("not supported")));
+            .is_some_and(|e| e.message().contains("not supported")));
     }
 
     #[test]

@@ -172,7 +172,8 @@ async fn bad_grants_leave_nothing_behind() {
         )
         .await
         .unwrap_err();
-    assert!(format!("{error:#}").contains("does not exist"), "{error:#}");
+    let chain = carto_sql_api::error::chain(&error);
+    assert!(chain.contains("does not exist"), "{chain}");
     assert_eq!(crate::support::count(&server, &user, "t").await, 0);
     assert_eq!(
         roles(server.superuser_client(&user).await, user.name.clone()).await,
