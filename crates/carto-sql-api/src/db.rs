@@ -334,6 +334,13 @@ impl deadpool_postgres::Connect for RoleConnect {
                     tracing::warn!(%role, "a role's password had changed: reset it");
                     self.open(&config, &place).await?
                 }
+                // The role's own `statement_timeout` (e.g. 1 ms) can cancel the connection's
+                // first query on a busy machine, before its defaults could be looked at.
+                Err(error) if error.code() == Some(&SqlState::QUERY_CANCELED) => {
+                    reset_role_defaults(&self.admin, &role).await?;
+                    tracing::warn!(%role, "a role's own statement timeout cancelled connecting: removed its defaults");
+                    return self.open(&config, &place).await;
+                }
                 other => other?,
             };
             if !has_own_defaults(&connected.0).await {
