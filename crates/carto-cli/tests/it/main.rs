@@ -4,5 +4,6 @@ mod copy;
 mod import;
 mod interrupt;
 mod misc;
+mod sql;
 mod support;
 mod transfer;
