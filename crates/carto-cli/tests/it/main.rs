@@ -2,6 +2,7 @@
 
 mod copy;
 mod import;
+mod import_geojson;
 mod interrupt;
 mod misc;
 mod sql;
