@@ -1,0 +1,302 @@
+//! Files bigger than the server's POST limit, loaded in parts (`copy_from_file_in_parts`).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use carto::{Parts, Progress};
+use carto_sql_api::testing::{TestServer, TestUser};
+
+use crate::support::path_client;
+
+/// The server's POST limit in these tests; the files are several times bigger.
+const LIMIT: u64 = 16 * 1024;
+
+/// A server with a POST limit of [`LIMIT`], a user, a client, and a table `t (id, name)`.
+async fn setup() -> (TestServer, TestUser, carto::Client) {
+    let server = TestServer::with_config(carto_sql_api::Config {
+        max_post_size: LIMIT,
+        ..Default::default()
+    })
+    .await;
+    let user = server.create_user().await;
+    let client = path_client(&server, &user);
+    client
+        .sql()
+        .send("CREATE TABLE t (id int, name text)")
+        .await
+        .unwrap();
+    (server, user, client)
+}
+
+/// A CSV with a header and `n` rows, some fields quoted with commas, quotes and newlines
+/// inside; the rows as `id:name` in file order.
+fn tricky_csv(n: usize) -> (String, Vec<String>) {
+    let mut csv = String::from("id,name\n");
+    let mut rows = Vec::new();
+    for i in 0..n {
+        let name = match i % 4 {
+            0 => format!("plain {i}"),
+            1 => format!("comma, {i}"),
+            2 => format!("two\nlines {i}"),
+            _ => format!("quote \"{i}\"\n"),
+        };
+        csv.push_str(&format!("{i},\"{}\"\n", name.replace('"', "\"\"")));
+        rows.push(format!("{i}:{name}"));
+    }
+    (csv, rows)
+}
+
+/// The rows of `table` as `id:name` in the order they were inserted.
+async fn rows_in_order(server: &TestServer, user: &TestUser, table: &str) -> Vec<String> {
+    let sql = format!("SELECT id || ':' || name FROM {table} ORDER BY ctid");
+    strings(server, user, &sql).await
+}
+
+/// The first column of what `sql` answers, as superuser.
+async fn strings(server: &TestServer, user: &TestUser, sql: &str) -> Vec<String> {
+    server
+        .superuser_client(user)
+        .await
+        .query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+/// Staging tables of loads in parts left in the user's database.
+async fn staging_tables(server: &TestServer, user: &TestUser) -> Vec<String> {
+    strings(
+        server,
+        user,
+        "SELECT relname::text FROM pg_class WHERE relname LIKE 'carto\\_part\\_%' \
+         AND relkind = 'r' ORDER BY relname",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_several_times_the_post_limit_loads_whole_and_in_order() {
+    let (server, user, client) = setup().await;
+    let (csv, expected) = tricky_csv(6000);
+    assert!(csv.len() as u64 > 5 * LIMIT);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.csv");
+    std::fs::write(&path, &csv).unwrap();
+
+    // One COPY of it is refused by the limit (uncompressed, so the wire carries it all).
+    let copy = client.copy().without_compression();
+    let refused = copy
+        .copy_from_file("COPY t FROM STDIN WITH (FORMAT csv, HEADER true)", &path)
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("maximum POST size"),
+        "{refused}"
+    );
+
+    let updates = Arc::new(Mutex::new(Vec::new()));
+    let seen = updates.clone();
+    let copy = copy.with_progress(Progress::new(move |update| {
+        seen.lock().unwrap().push(*update);
+    }));
+    let parts = Parts::new("t").csv(true, None).part_size(LIMIT - 1024);
+    let outcome = copy.copy_from_file_in_parts(&path, &parts).await.unwrap();
+    assert_eq!(outcome.total_rows, 6000);
+    assert!(outcome.parts >= 5, "{outcome:?}");
+    assert_eq!(outcome.parts_resumed, 0);
+    assert_eq!(rows_in_order(&server, &user, "t").await, expected);
+    assert_eq!(staging_tables(&server, &user).await, Vec::<String>::new());
+
+    // One progress across the parts: bytes never go back, the last report is the file.
+    let updates = updates.lock().unwrap().clone();
+    assert!(updates.windows(2).all(|w| w[0].bytes <= w[1].bytes));
+    assert_eq!(updates.iter().filter(|u| u.finished).count(), 1);
+    let last = updates.last().unwrap();
+    assert!(last.finished);
+    assert_eq!(last.bytes, csv.len() as u64);
+    assert_eq!(last.rows, Some(6000));
+
+    // Gzip on, and the blocking client: the same.
+    client.sql().send("TRUNCATE t").await.unwrap();
+    let blocking_path = path.clone();
+    let base_url = server.base_url(&user);
+    let key = user.api_key.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let client =
+            carto::blocking::Client::new(carto::Credentials::new(&base_url, key).unwrap()).unwrap();
+        client
+            .copy()
+            .copy_from_file_in_parts(&blocking_path, &parts)
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(outcome.total_rows, 6000);
+    assert_eq!(rows_in_order(&server, &user, "t").await, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_row_in_the_third_part_names_its_line_and_loads_nothing() {
+    let (server, user, client) = setup().await;
+    let mut csv = String::from("id,name\n");
+    let mut bad_line = 0;
+    for i in 0..6000 {
+        if csv.len() as u64 > 2 * LIMIT + LIMIT / 2 && bad_line == 0 {
+            // Line numbers count the header as line 1.
+            bad_line = i + 2;
+            csv.push_str("oops,bad\n");
+        } else {
+            csv.push_str(&format!("{i},row {i}\n"));
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.csv");
+    std::fs::write(&path, &csv).unwrap();
+    let parts = Parts::new("t").csv(true, None).part_size(LIMIT);
+    let error = client
+        .copy()
+        .copy_from_file_in_parts(&path, &parts)
+        .await
+        .unwrap_err();
+    assert!(!carto::copy::is_resumable(&error));
+    let place = error.where_().unwrap_or_default().to_string();
+    assert!(
+        place.starts_with(&format!("COPY t, line {bad_line}, column id")),
+        "{place}: {error}"
+    );
+    assert_eq!(crate::support::count(&server, &user, "t").await, 0);
+    assert_eq!(staging_tables(&server, &user).await, Vec::<String>::new());
+}
+
+/// Makes part 3 of any load in parts wait (its CREATE TABLE sleeps while a row is in
+/// `stall`), and logs each part table created in `part_log`, committed only with it.
+const STALL_PART_3: &str = "
+    CREATE TABLE public.stall (on_ boolean);
+    INSERT INTO public.stall VALUES (true);
+    CREATE TABLE public.part_log (name text);
+    GRANT ALL ON public.part_log, public.stall TO PUBLIC;
+    CREATE FUNCTION public.log_parts() RETURNS event_trigger LANGUAGE plpgsql AS $$
+    DECLARE r record;
+    BEGIN
+      FOR r IN SELECT * FROM pg_event_trigger_ddl_commands()
+               WHERE command_tag = 'CREATE TABLE AS' LOOP
+        IF r.object_identity LIKE '%\\_3' AND EXISTS (SELECT FROM public.stall) THEN
+          PERFORM pg_sleep(600);
+        END IF;
+        INSERT INTO public.part_log VALUES (split_part(r.object_identity, '_', 4));
+      END LOOP;
+    END $$;
+    CREATE EVENT TRIGGER log_parts ON ddl_command_end EXECUTE FUNCTION public.log_parts();";
+
+/// Sets up [`STALL_PART_3`] in `user`'s database.
+async fn stall_part_3(server: &TestServer, user: &TestUser) {
+    server
+        .superuser_client(user)
+        .await
+        .batch_execute(STALL_PART_3)
+        .await
+        .unwrap();
+}
+
+/// Waits until two parts are marked loaded and part 3 is stalled.
+async fn until_part_3_stalls(server: &TestServer, user: &TestUser) {
+    let superuser = server.superuser_client(user).await;
+    for _ in 0..600 {
+        let marked: i64 = superuser
+            .query_one(
+                "SELECT count(*) FROM pg_class c WHERE c.relname LIKE 'carto\\_part\\_%' \
+                 AND obj_description(c.oid, 'pg_class') IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let stalled: i64 = superuser
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' \
+                 AND datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if marked == 2 && stalled > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("part 3 never stalled");
+}
+
+/// Lets part 3 go: no more stalling, and the stalled statement cancelled.
+async fn release_part_3(server: &TestServer, user: &TestUser) {
+    let superuser = server.superuser_client(user).await;
+    superuser.batch_execute("DELETE FROM stall").await.unwrap();
+    for _ in 0..600 {
+        let stalled: i64 = superuser
+            .query_one(
+                "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity \
+                 WHERE wait_event = 'PgSleep' AND datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if stalled == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("part 3 stays stalled");
+}
+
+/// The part numbers whose tables were created, in order.
+async fn parts_created(server: &TestServer, user: &TestUser) -> Vec<String> {
+    strings(server, user, "SELECT name FROM part_log").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_load_resumes_with_the_missing_parts_only() {
+    let (server, user, client) = setup().await;
+    stall_part_3(&server, &user).await;
+    let (csv, expected) = tricky_csv(3000);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.csv");
+    std::fs::write(&path, &csv).unwrap();
+    let parts = Parts::new("t").csv(true, None).part_size(LIMIT);
+
+    let copy = client.copy();
+    let (task_path, task_parts) = (path.clone(), parts.clone());
+    let load =
+        tokio::spawn(async move { copy.copy_from_file_in_parts(&task_path, &task_parts).await });
+    until_part_3_stalls(&server, &user).await;
+    load.abort();
+    let _ = load.await;
+    release_part_3(&server, &user).await;
+    assert_eq!(parts_created(&server, &user).await, ["1", "2"]);
+    assert_eq!(crate::support::count(&server, &user, "t").await, 0);
+
+    let outcome = client
+        .copy()
+        .copy_from_file_in_parts(&path, &parts.clone().resume(true))
+        .await
+        .unwrap();
+    assert_eq!(outcome.parts_resumed, 2);
+    assert_eq!(outcome.total_rows, 3000);
+    let created = parts_created(&server, &user).await;
+    let all: Vec<String> = (1..=outcome.parts).map(|n| n.to_string()).collect();
+    assert_eq!(created, all, "parts 1 and 2 were not created again");
+    assert_eq!(rows_in_order(&server, &user, "t").await, expected);
+    assert_eq!(staging_tables(&server, &user).await, Vec::<String>::new());
+
+    // Nothing is left to resume: refused, rather than loading the file twice.
+    let error = client
+        .copy()
+        .copy_from_file_in_parts(&path, &parts.resume(true))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("nothing to resume"), "{error}");
+    assert_eq!(crate::support::count(&server, &user, "t").await, 3000);
+}
