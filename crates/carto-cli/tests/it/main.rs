@@ -5,6 +5,7 @@ mod import;
 mod import_geojson;
 mod interrupt;
 mod misc;
+mod parts;
 mod sql;
 mod support;
 mod transfer;

@@ -172,23 +172,7 @@ async fn a_bad_row_in_the_third_part_names_its_line_and_loads_nothing() {
 
 /// Makes part 3 of any load in parts wait (its CREATE TABLE sleeps while a row is in
 /// `stall`), and logs each part table created in `part_log`, committed only with it.
-const STALL_PART_3: &str = "
-    CREATE TABLE public.stall (on_ boolean);
-    INSERT INTO public.stall VALUES (true);
-    CREATE TABLE public.part_log (name text);
-    GRANT ALL ON public.part_log, public.stall TO PUBLIC;
-    CREATE FUNCTION public.log_parts() RETURNS event_trigger LANGUAGE plpgsql AS $$
-    DECLARE r record;
-    BEGIN
-      FOR r IN SELECT * FROM pg_event_trigger_ddl_commands()
-               WHERE command_tag = 'CREATE TABLE AS' LOOP
-        IF r.object_identity LIKE '%\\_3' AND EXISTS (SELECT FROM public.stall) THEN
-          PERFORM pg_sleep(600);
-        END IF;
-        INSERT INTO public.part_log VALUES (split_part(r.object_identity, '_', 4));
-      END LOOP;
-    END $$;
-    CREATE EVENT TRIGGER log_parts ON ddl_command_end EXECUTE FUNCTION public.log_parts();";
+const STALL_PART_3: &str = include_str!("stall_part_3.sql");
 
 /// Sets up [`STALL_PART_3`] in `user`'s database.
 async fn stall_part_3(server: &TestServer, user: &TestUser) {
