@@ -236,6 +236,15 @@ async fn release_part_3(server: &TestServer, user: &TestUser) {
     panic!("part 3 stays stalled");
 }
 
+/// A file of 3000 rows of [`tricky_csv`] in a temporary directory; its rows.
+fn file_of_3000_rows() -> (tempfile::TempDir, std::path::PathBuf, Vec<String>) {
+    let (csv, expected) = tricky_csv(3000);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.csv");
+    std::fs::write(&path, csv).unwrap();
+    (dir, path, expected)
+}
+
 /// The part numbers whose tables were created, in order.
 async fn parts_created(server: &TestServer, user: &TestUser) -> Vec<String> {
     strings(server, user, "SELECT name FROM part_log").await
@@ -245,10 +254,7 @@ async fn parts_created(server: &TestServer, user: &TestUser) -> Vec<String> {
 async fn an_interrupted_load_resumes_with_the_missing_parts_only() {
     let (server, user, client) = setup().await;
     stall_part_3(&server, &user).await;
-    let (csv, expected) = tricky_csv(3000);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("t.csv");
-    std::fs::write(&path, &csv).unwrap();
+    let (_dir, path, expected) = file_of_3000_rows();
     let parts = Parts::new("t").csv(true, None).part_size(LIMIT);
 
     let copy = client.copy();
@@ -283,4 +289,68 @@ async fn an_interrupted_load_resumes_with_the_missing_parts_only() {
         .unwrap_err();
     assert!(error.to_string().contains("nothing to resume"), "{error}");
     assert_eq!(crate::support::count(&server, &user, "t").await, 3000);
+}
+
+/// A TCP proxy to the server whose open connections the test can cut, as a network failure
+/// would.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let opened = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let forward = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                opened.lock().unwrap().push(forward.abort_handle());
+            }
+        });
+        Proxy { addr, connections }
+    }
+
+    /// Drops every connection open now.
+    fn cut(&self) {
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_sends_only_the_missing_parts_again() {
+    let (server, user, _) = setup().await;
+    stall_part_3(&server, &user).await;
+    let proxy = Proxy::start(server.addr).await;
+    let url = format!("http://{}/user/{}/", proxy.addr, user.name);
+    let client =
+        carto::Client::new(carto::Credentials::new(&url, user.api_key.clone()).unwrap()).unwrap();
+    let (_dir, path, expected) = file_of_3000_rows();
+    let parts = Parts::new("t").csv(true, None).part_size(LIMIT);
+
+    let copy = client.copy();
+    let load = tokio::spawn(async move { copy.copy_from_file_in_parts(&path, &parts).await });
+    until_part_3_stalls(&server, &user).await;
+    // The connection drops while part 3 is being made; the load goes on by itself.
+    proxy.cut();
+    release_part_3(&server, &user).await;
+    let outcome = load.await.unwrap().unwrap();
+    assert_eq!(outcome.total_rows, 3000);
+    assert_eq!(outcome.parts_resumed, 0);
+    let all: Vec<String> = (1..=outcome.parts).map(|n| n.to_string()).collect();
+    assert_eq!(
+        parts_created(&server, &user).await,
+        all,
+        "parts 1 and 2 were not sent again"
+    );
+    assert_eq!(rows_in_order(&server, &user, "t").await, expected);
+    assert_eq!(staging_tables(&server, &user).await, Vec::<String>::new());
 }
