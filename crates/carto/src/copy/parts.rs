@@ -584,8 +584,8 @@ pub(super) async fn upload(copy: &CopyClient, path: &Path, parts: &Parts) -> Res
 }
 
 /// One transaction: the parts inserted into the target in file order, then dropped (and
-/// the caller's `then`). After a transport failure, the parts tell whether it committed:
-/// it drops them.
+/// the caller's `then`); as a batch job if /sql times out. After a transport failure, the
+/// parts tell whether it committed: it drops them.
 async fn publish(copy: &CopyClient, parts: &Parts, prefix: &str, count: usize) -> Result<()> {
     let mut statements: Vec<String> = (1..=count)
         .map(|number| {
@@ -612,8 +612,15 @@ async fn publish(copy: &CopyClient, parts: &Parts, prefix: &str, count: usize) -
         return Ok(());
     }
     let sql = format!("BEGIN; {}; COMMIT", statements.join("; "));
-    match copy.client.sql().send(&sql).await {
-        Ok(_) => Ok(()),
+    let mut published = copy.client.sql().send(&sql).await.map(drop);
+    if published.as_ref().is_err_and(Error::is_timeout) {
+        // Inserting gigabytes can outlast the statement timeout of /sql (CARTO's is short);
+        // the transaction rolled back, and a batch job runs the same one with hours to go.
+        tracing::info!("publishing the parts timed out on /sql: publishing as a batch job");
+        published = copy.client.batch().create_and_wait(sql).await.map(drop);
+    }
+    match published {
+        Ok(()) => Ok(()),
         Err(error) if is_resumable(&error) => match done_parts(copy, prefix).await {
             Ok(left) if left.is_empty() && count > 0 => Ok(()),
             _ => Err(error),

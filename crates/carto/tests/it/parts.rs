@@ -13,9 +13,14 @@ const LIMIT: u64 = 16 * 1024;
 
 /// A server with a POST limit of [`LIMIT`], a user, a client, and a table `t (id, name)`.
 async fn setup() -> (TestServer, TestUser, carto::Client) {
+    setup_with(carto_sql_api::Config::default()).await
+}
+
+/// [`setup`] with `config`, its POST limit made [`LIMIT`].
+async fn setup_with(config: carto_sql_api::Config) -> (TestServer, TestUser, carto::Client) {
     let server = TestServer::with_config(carto_sql_api::Config {
         max_post_size: LIMIT,
-        ..Default::default()
+        ..config
     })
     .await;
     let user = server.create_user().await;
@@ -351,6 +356,35 @@ async fn a_dropped_connection_sends_only_the_missing_parts_again() {
         all,
         "parts 1 and 2 were not sent again"
     );
+    assert_eq!(rows_in_order(&server, &user, "t").await, expected);
+    assert_eq!(staging_tables(&server, &user).await, Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_longer_than_the_sql_timeout_runs_as_a_batch_job() {
+    let (server, user, client) = setup_with(carto_sql_api::Config {
+        query_timeout: Some("1s".into()),
+        ..Default::default()
+    })
+    .await;
+    // Each insert into t takes 2 s: publishing 3 or more parts outlasts /sql's 1 s.
+    client
+        .sql()
+        .send(
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN PERFORM pg_sleep(2); RETURN NULL; END $$; \
+             CREATE TRIGGER slow AFTER INSERT ON t FOR EACH STATEMENT EXECUTE FUNCTION slow()",
+        )
+        .await
+        .unwrap();
+    let (_dir, path, expected) = file_of_3000_rows();
+    let parts = Parts::new("t").csv(true, None).part_size(LIMIT);
+    let outcome = client
+        .copy()
+        .copy_from_file_in_parts(&path, &parts)
+        .await
+        .unwrap();
+    assert!(outcome.parts >= 3, "{outcome:?}");
     assert_eq!(rows_in_order(&server, &user, "t").await, expected);
     assert_eq!(staging_tables(&server, &user).await, Vec::<String>::new());
 }
