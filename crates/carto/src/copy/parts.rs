@@ -13,6 +13,7 @@
 //! ([`Parts::resume`]). Sending a part again drops and recreates its table first, so a
 //! retry never doubles rows.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, Read};
 use std::ops::Range;
 use std::path::Path;
@@ -370,10 +371,7 @@ struct StagedPart {
 }
 
 /// The loaded parts an earlier load left: part number → rows.
-async fn done_parts(
-    copy: &CopyClient,
-    prefix: &str,
-) -> Result<std::collections::BTreeMap<usize, u64>> {
+async fn done_parts(copy: &CopyClient, prefix: &str) -> Result<BTreeMap<usize, u64>> {
     let answer = copy
         .client
         .sql()
@@ -393,6 +391,47 @@ async fn done_parts(
             let rows = part.note?.strip_prefix(DONE_MARK)?.parse().ok()?;
             Some((number, rows))
         })
+        .collect())
+}
+
+/// The parts of `done` that still hold their rows. Staging tables are unlogged (their
+/// rows are written once to the write-ahead log, when published, instead of twice), and
+/// PostgreSQL empties unlogged tables when it recovers from a crash: such a part is loaded
+/// again.
+async fn still_loaded(
+    copy: &CopyClient,
+    prefix: &str,
+    done: BTreeMap<usize, u64>,
+) -> Result<BTreeMap<usize, u64>> {
+    let probes: Vec<String> = done
+        .iter()
+        .filter(|(_, rows)| **rows > 0)
+        .map(|(number, _)| {
+            format!(
+                "(SELECT {number} AS number FROM {} LIMIT 1)",
+                carto_quote::ident(&part_name(prefix, *number))
+            )
+        })
+        .collect();
+    if probes.is_empty() {
+        return Ok(done);
+    }
+    #[derive(Deserialize)]
+    struct Number {
+        number: usize,
+    }
+    let filled: Vec<usize> = copy
+        .client
+        .sql()
+        .send_as::<Number>(&probes.join(" UNION ALL "))
+        .await?
+        .rows
+        .into_iter()
+        .map(|n| n.number)
+        .collect();
+    Ok(done
+        .into_iter()
+        .filter(|(number, rows)| *rows == 0 || filled.contains(number))
         .collect())
 }
 
@@ -432,7 +471,7 @@ async fn load_part(
         .sql()
         .send(&format!(
             "DROP TABLE IF EXISTS {table}; \
-             CREATE TABLE {table} AS SELECT {} FROM {} WITH NO DATA",
+             CREATE UNLOGGED TABLE {table} AS SELECT {} FROM {} WITH NO DATA",
             parts.select_list(),
             parts.table
         ))
@@ -512,7 +551,7 @@ pub(super) async fn upload(copy: &CopyClient, path: &Path, parts: &Parts) -> Res
             .map_err(|e| Error::io(std::io::Error::other(e)))??
     };
     let done = if parts.resume {
-        let done = done_parts(copy, &prefix).await?;
+        let done = still_loaded(copy, &prefix, done_parts(copy, &prefix).await?).await?;
         if done.is_empty() {
             return Err(Error::config(format!(
                 "nothing to resume: no part of an earlier load of {} into {} is left (it \

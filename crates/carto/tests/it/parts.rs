@@ -272,17 +272,31 @@ async fn an_interrupted_load_resumes_with_the_missing_parts_only() {
     release_part_3(&server, &user).await;
     assert_eq!(parts_created(&server, &user).await, ["1", "2"]);
     assert_eq!(crate::support::count(&server, &user, "t").await, 0);
+    // Part 2 emptied, as PostgreSQL's crash recovery empties unlogged tables: its comment
+    // says loaded, its rows are gone, so it is sent again.
+    let part_2 = staging_tables(&server, &user)
+        .await
+        .into_iter()
+        .find(|name| name.ends_with("_2"))
+        .unwrap();
+    server
+        .superuser_client(&user)
+        .await
+        .batch_execute(&format!("TRUNCATE {part_2}"))
+        .await
+        .unwrap();
 
     let outcome = client
         .copy()
         .copy_from_file_in_parts(&path, &parts.clone().resume(true))
         .await
         .unwrap();
-    assert_eq!(outcome.parts_resumed, 2);
+    assert_eq!(outcome.parts_resumed, 1);
     assert_eq!(outcome.total_rows, 3000);
     let created = parts_created(&server, &user).await;
-    let all: Vec<String> = (1..=outcome.parts).map(|n| n.to_string()).collect();
-    assert_eq!(created, all, "parts 1 and 2 were not created again");
+    let mut again: Vec<String> = vec!["1".into(), "2".into()];
+    again.extend((2..=outcome.parts).map(|n| n.to_string()));
+    assert_eq!(created, again, "part 1 was not created again");
     assert_eq!(rows_in_order(&server, &user, "t").await, expected);
     assert_eq!(staging_tables(&server, &user).await, Vec::<String>::new());
 
@@ -387,4 +401,59 @@ async fn a_publish_longer_than_the_sql_timeout_runs_as_a_batch_job() {
     assert!(outcome.parts >= 3, "{outcome:?}");
     assert_eq!(rows_in_order(&server, &user, "t").await, expected);
     assert_eq!(staging_tables(&server, &user).await, Vec::<String>::new());
+}
+
+/// What loading in parts costs against one COPY (the parts are written twice: into the
+/// staging tables, then into the target). Prints the times; asserts nothing about them.
+/// `cargo test -p carto --release --test it parts_cost_measurement -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn parts_cost_measurement() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    let client = path_client(&server, &user);
+    let (csv, _) = tricky_csv(2_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.csv");
+    std::fs::write(&path, &csv).unwrap();
+    let copy = client.copy();
+    for round in 0..3 {
+        client
+            .sql()
+            .send("DROP TABLE IF EXISTS t; CREATE TABLE t (id int, name text)")
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        copy.copy_from_file("COPY t FROM STDIN WITH (FORMAT csv, HEADER true)", &path)
+            .await
+            .unwrap();
+        let single = started.elapsed().as_secs_f64();
+        let scan = std::time::Instant::now();
+        let parts = Parts::new("t")
+            .csv(true, None)
+            .part_size(csv.len() as u64 / 8);
+        client.sql().send("TRUNCATE t").await.unwrap();
+        let started = std::time::Instant::now();
+        let outcome = copy.copy_from_file_in_parts(&path, &parts).await.unwrap();
+        let in_parts = started.elapsed().as_secs_f64();
+        // What publishing alone costs: the same rows inserted from one table into another.
+        let started = std::time::Instant::now();
+        client
+            .sql()
+            .send(
+                "DROP TABLE IF EXISTS again; CREATE TABLE again (id int, name text); \
+                 INSERT INTO again SELECT * FROM t",
+            )
+            .await
+            .unwrap();
+        let insert = started.elapsed().as_secs_f64();
+        println!(
+            "round {round}: {} MB, one COPY {single:.2} s, in {} parts {in_parts:.2} s ({:.2} x); \
+             since the scan began {:.2} s; INSERT ... SELECT of the rows {insert:.2} s",
+            csv.len() / 1_000_000,
+            outcome.parts,
+            in_parts / single,
+            scan.elapsed().as_secs_f64()
+        );
+    }
 }
