@@ -249,6 +249,15 @@ pub struct CopyFromArgs {
     /// gzip level, 1 (fastest) to 9 (smallest).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=9), conflicts_with = "no_compress")]
     pub level: Option<u32>,
+    /// A file (with --table, CSV or text) bigger than this is loaded in parts of at most this
+    /// size, under the server's POST limit (CARTO's is 2 GB), and published in one
+    /// transaction at the end: bytes, or with a unit (kB, MB, GB, KiB, MiB, GiB).
+    #[arg(long, value_name = "SIZE", value_parser = byte_size, default_value = "1GiB")]
+    pub part_size: u64,
+    /// Send only the parts an earlier, interrupted load of the same file into the same table
+    /// did not finish.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 /// `carto copy to`
@@ -423,6 +432,35 @@ fn delimiter(text: &str) -> Result<char, String> {
     }
 }
 
+/// A size in bytes: a number, optionally followed by a decimal (kB, MB, GB) or binary (KiB,
+/// MiB, GiB) unit.
+fn byte_size(text: &str) -> Result<u64, String> {
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = text.get(digits.len()..).unwrap_or_default();
+    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?}: use kB, MB, GB, KiB, MiB or GiB"
+            ))
+        }
+    };
+    let number: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 1GiB, 500MB, 1048576)"))?;
+    number
+        .checked_mul(scale)
+        .filter(|bytes| *bytes >= 1024)
+        .ok_or_else(|| "a size from 1 KiB up".to_string())
+}
+
 /// `carto profile ...`
 #[derive(Debug, Subcommand)]
 pub enum ProfileCommand {
@@ -442,4 +480,21 @@ pub enum ProfileCommand {
         /// Profile name.
         name: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(byte_size("1GiB"), Ok(1 << 30));
+        assert_eq!(byte_size("500MB"), Ok(500_000_000));
+        assert_eq!(byte_size("64kib"), Ok(64 << 10));
+        assert_eq!(byte_size("4096"), Ok(4096));
+        assert!(byte_size("12").is_err());
+        assert!(byte_size("1TB").unwrap_err().contains("unknown unit"));
+        assert!(byte_size("lots").is_err());
+        assert!(byte_size("99999999999GB").is_err());
+    }
 }

@@ -219,6 +219,16 @@ impl CopyClient {
             .block_on(self.inner.copy_from_file(sql, path.as_ref()))
     }
 
+    /// See [`crate::CopyClient::copy_from_file_in_parts`].
+    pub fn copy_from_file_in_parts(
+        &self,
+        path: impl AsRef<Path>,
+        parts: &crate::Parts,
+    ) -> Result<crate::PartsOutcome> {
+        self.runtime
+            .block_on(self.inner.copy_from_file_in_parts(path.as_ref(), parts))
+    }
+
     /// See [`crate::CopyClient::copy_from_rows`]; `rows` is any iterator.
     pub fn copy_from_rows<I, T>(
         &self,

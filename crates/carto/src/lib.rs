@@ -82,7 +82,8 @@ pub use batch::{BatchClient, BatchQuery, Job, JobStatus};
 pub use carto_quote::{ident as quote_ident, literal as quote_literal};
 pub use client::{Client, ClientBuilder};
 pub use copy::{
-    CopyClient, CopyFromOutcome, CopyFromSink, CopyToStream, DEFAULT_CHUNK_SIZE, DEFAULT_GZIP_LEVEL,
+    CopyClient, CopyFromOutcome, CopyFromSink, CopyToStream, Parts, PartsFormat, PartsOutcome,
+    DEFAULT_CHUNK_SIZE, DEFAULT_GZIP_LEVEL, DEFAULT_PART_SIZE,
 };
 pub use credentials::Credentials;
 pub use error::{Error, RateLimit, Result};

@@ -49,7 +49,6 @@ async fn copy_from(global: &Global, output: Output, mut args: CopyFromArgs) -> R
         let names = match_header(&client, table, &header, &args.file, output).await?;
         args.table.columns = names.iter().map(|n| ident(n)).collect();
     }
-    let sql = statement(&args.target, &args.table, "FROM STDIN");
     let mut copy = client.copy();
     if args.no_compress {
         copy = copy.without_compression();
@@ -69,6 +68,14 @@ async fn copy_from(global: &Global, output: Output, mut args: CopyFromArgs) -> R
     if let Some(progress) = progress {
         copy = copy.with_progress(progress);
     }
+    if let Some(parts) = in_parts(&args, size, output) {
+        let loaded = copy_in_parts(&copy, &args.file, &parts).await;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        return report_parts(output, loaded?, size);
+    }
+    let sql = statement(&args.target, &args.table, "FROM STDIN");
     let outcome = if is_stdio(&args.file) {
         match stdin {
             Some(stdin) => copy.copy_from_reader(&sql, stdin).await,
@@ -92,6 +99,101 @@ async fn copy_from(global: &Global, output: Output, mut args: CopyFromArgs) -> R
             size.map(|s| format!(" ({})", bytes(s))).unwrap_or_default()
         ),
         json!({ "total_rows": outcome.total_rows, "time": outcome.time, "bytes": size }),
+        false,
+    );
+    Ok(())
+}
+
+/// How to load the file in parts, when it must be: a file (not stdin) of more than
+/// `--part-size` bytes into a `--table`, as CSV or text. Says why not when that is a choice.
+fn in_parts(args: &CopyFromArgs, size: Option<u64>, output: Output) -> Option<carto::Parts> {
+    let big = size.is_some_and(|size| size > args.part_size);
+    let table = args.target.table.as_deref();
+    let format = args.table.format;
+    match (big, table) {
+        (false, _) => {
+            if args.resume {
+                output.note(&format!(
+                    "note: {} is not bigger than --part-size: it is sent in one COPY, with \
+                     nothing to resume",
+                    args.file.display()
+                ));
+            }
+            None
+        }
+        (true, None) => {
+            output.note(
+                "note: with --query the file is sent in one COPY; give --table to load a \
+                 file bigger than --part-size in parts",
+            );
+            None
+        }
+        (true, Some(_)) if format == DataFormat::Binary => {
+            output.note(
+                "note: binary COPY data cannot be cut into parts: it is sent in one COPY \
+                 (the server's POST limit may refuse it; CSV or text can be loaded in parts)",
+            );
+            None
+        }
+        (true, Some(table)) => {
+            let parts = carto::Parts::new(table)
+                .columns(args.table.columns.iter().cloned())
+                .part_size(args.part_size)
+                .resume(args.resume);
+            Some(match format {
+                DataFormat::Text => parts.text(args.table.delimiter),
+                _ => parts.csv(args.table.header, args.table.delimiter),
+            })
+        }
+    }
+}
+
+/// Loads the file in parts; an interruption or a failure of the connection keeps the parts
+/// loaded, for `--resume`.
+async fn copy_in_parts(
+    copy: &carto::CopyClient,
+    file: &Path,
+    parts: &carto::Parts,
+) -> Result<carto::PartsOutcome> {
+    const KEPT: &str = "the parts loaded so far are kept: run the same command with --resume \
+                        to send only the missing ones";
+    crate::interrupt::on_interrupt(format!("nothing committed; {KEPT}"), None);
+    copy.copy_from_file_in_parts(file, parts)
+        .await
+        .map_err(|error| {
+            if carto::copy::is_resumable(&error) {
+                naming_file(error, "reading", file).context(format!("nothing committed; {KEPT}"))
+            } else {
+                naming_file(error, "reading", file).context("nothing committed")
+            }
+        })
+}
+
+/// Prints what a load in parts did.
+fn report_parts(output: Output, outcome: carto::PartsOutcome, size: Option<u64>) -> Result<()> {
+    let resumed = if outcome.parts_resumed > 0 {
+        format!(
+            ", {} of {} parts already loaded",
+            outcome.parts_resumed, outcome.parts
+        )
+    } else {
+        String::new()
+    };
+    output.result(
+        &format!(
+            "copied {} rows in {:.2} s{} in {} parts{resumed}",
+            outcome.total_rows,
+            outcome.time,
+            size.map(|s| format!(" ({})", bytes(s))).unwrap_or_default(),
+            outcome.parts,
+        ),
+        json!({
+            "total_rows": outcome.total_rows,
+            "time": outcome.time,
+            "bytes": size,
+            "parts": outcome.parts,
+            "parts_resumed": outcome.parts_resumed,
+        }),
         false,
     );
     Ok(())

@@ -567,12 +567,6 @@ fn plan_append(
     if !args.types.is_empty() {
         bail!("--type sets the types of a new table; rows appended to {table} take its own");
     }
-    if file.format == Format::GeoJson {
-        bail!(
-            "appending GeoJSON to an existing table is not supported yet: import it into a new \
-             table (nothing was imported)"
-        );
-    }
     if let Some((unknown, all)) = missing_columns(&file.names, columns) {
         bail!(
             "{} has columns {table} does not have: {unknown} (its columns: {all}); nothing \
@@ -582,17 +576,19 @@ fn plan_append(
     }
     let staging = staging_name(table);
     // A GeoPackage's geometries are staged as they come (in the file's SRID, maybe with Z or
-    // M) and made what a CARTO table's the_geom holds as they are inserted.
-    let ewkb_geometry = matches!(file.format, Format::GeoPackage { .. });
+    // M), GeoJSON's as the text of its geometry objects; both are made what a CARTO table's
+    // the_geom holds as they are inserted.
+    let staged_geometry = match file.format {
+        Format::GeoPackage { .. } => Some(("geometry", "ST_Transform(ST_Force2D(the_geom), 4326)")),
+        Format::GeoJson => Some(("text", "ST_SetSRID(ST_GeomFromGeoJSON(the_geom), 4326)")),
+        Format::Csv => None,
+    };
     let (definitions, mut values): (Vec<String>, Vec<String>) = file
         .names
         .iter()
         .map(|n| {
-            if ewkb_geometry && n == "the_geom" {
-                (
-                    "the_geom geometry".to_string(),
-                    "ST_Transform(ST_Force2D(the_geom), 4326)".to_string(),
-                )
+            if let Some((staged, inserted)) = staged_geometry.filter(|_| n == "the_geom") {
+                (format!("the_geom {staged}"), inserted.to_string())
             } else {
                 let ty = type_of(n).expect("checked above");
                 (format!("{} {ty}", ident(n)), ident(n))

@@ -47,9 +47,11 @@ pub async fn run(global: &Global, output: Output, args: SqlArgs) -> Result<()> {
     Ok(())
 }
 
-/// The answer as a table: the columns of the answer's `fields`, geometries as WKT.
+/// The answer as a table: the last statement's result (as CARTO's csv and geojson show),
+/// its columns from the answer's `fields`, geometries as WKT.
 async fn table(global: &Global, output: Output, args: &SqlArgs) -> Result<()> {
     let answer = client(global)?.sql().send(&args.sql).await?;
+    let rows = last_statement_rows(&answer);
     let columns: Vec<&String> = answer
         .fields
         .keys()
@@ -64,7 +66,7 @@ async fn table(global: &Global, output: Output, args: &SqlArgs) -> Result<()> {
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
     table.set_header(columns.iter().map(|c| c.as_str()));
-    for row in &answer.rows {
+    for row in rows {
         table.add_row(
             columns
                 .iter()
@@ -72,7 +74,12 @@ async fn table(global: &Global, output: Output, args: &SqlArgs) -> Result<()> {
                 .map(|(column, geometry)| cell(row, column, *geometry)),
         );
     }
-    let rows = answer.rows.len();
+    // A last statement without rows (INSERT, UPDATE, CREATE ...) reports what it affected.
+    let rows = if answer.fields.is_empty() {
+        answer.total_rows
+    } else {
+        rows.len() as u64
+    };
     let mut text = if columns.is_empty() {
         String::new()
     } else {
@@ -84,6 +91,18 @@ async fn table(global: &Global, output: Output, args: &SqlArgs) -> Result<()> {
     ));
     output.data(text.as_bytes())?;
     Ok(())
+}
+
+/// The rows of the answer's last statement. The JSON answer holds the rows of every
+/// statement but `fields` and `total_rows` of the last only; the last statement's command tag
+/// counts the rows it returned, so they are the final `total_rows` rows. Without `fields` the
+/// last statement returned none.
+fn last_statement_rows(answer: &carto::SqlResponse) -> &[Map<String, Value>] {
+    if answer.fields.is_empty() {
+        return &[];
+    }
+    let count = usize::try_from(answer.total_rows).unwrap_or(usize::MAX);
+    &answer.rows[answer.rows.len().saturating_sub(count)..]
 }
 
 /// One value as a table shows it: NULL empty, text as it is, geometries as WKT.

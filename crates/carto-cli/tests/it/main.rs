@@ -2,7 +2,10 @@
 
 mod copy;
 mod import;
+mod import_geojson;
 mod interrupt;
 mod misc;
+mod parts;
+mod sql;
 mod support;
 mod transfer;

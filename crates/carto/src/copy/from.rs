@@ -79,8 +79,22 @@ fn body(
     reqwest::Body::wrap_stream(chunks)
 }
 
-/// Sends one upload of `source` (made anew for each attempt) and reads the outcome.
+/// Sends one upload of `source` (made anew for each attempt), reads the outcome and
+/// reports the transfer finished.
 async fn send(
+    copy: &CopyClient,
+    sql: &str,
+    retry: &RetryPolicy,
+    source: impl FnMut() -> Result<BoxReader>,
+    tracker: Arc<Tracker>,
+) -> Result<CopyFromOutcome> {
+    let outcome = post(copy, sql, retry, source, tracker.clone()).await?;
+    tracker.finish(Some(outcome.total_rows));
+    Ok(outcome)
+}
+
+/// Sends one upload of `source` (made anew for each attempt) and reads the outcome.
+async fn post(
     copy: &CopyClient,
     sql: &str,
     retry: &RetryPolicy,
@@ -120,7 +134,6 @@ async fn send(
         ))
         .with_source(e)
     })?;
-    tracker.finish(Some(outcome.total_rows));
     Ok(outcome)
 }
 
@@ -186,6 +199,33 @@ pub(super) async fn upload_file(
         Ok(Box::pin(tokio::fs::File::from_std(file)))
     };
     send(copy, sql, copy.client.retry_policy(), source, tracker).await
+}
+
+/// Uploads `range` of the file at `path` into `sql`, retried (reading the range again) as
+/// the client's policy allows. The transfer is not reported finished: it is one part of a
+/// bigger upload.
+pub(super) async fn upload_file_range(
+    copy: &CopyClient,
+    sql: &str,
+    path: &Path,
+    range: std::ops::Range<u64>,
+) -> Result<CopyFromOutcome> {
+    use std::io::Seek;
+    use tokio::io::AsyncReadExt;
+    let tracker = tracker(copy);
+    let attempt_tracker = tracker.clone();
+    let mut attempts = 0;
+    let source = || -> Result<BoxReader> {
+        if attempts > 0 {
+            attempt_tracker.restart();
+        }
+        attempts += 1;
+        let mut file = std::fs::File::open(path)?;
+        file.seek(std::io::SeekFrom::Start(range.start))?;
+        let part = tokio::fs::File::from_std(file).take(range.end - range.start);
+        Ok(Box::pin(part))
+    };
+    post(copy, sql, copy.client.retry_policy(), source, tracker).await
 }
 
 pub(super) async fn upload_rows<S, T>(

@@ -5,6 +5,7 @@
 //! stream with back-pressure, so memory stays at a few chunks whatever the data's size.
 
 mod from;
+mod parts;
 mod to;
 
 use std::path::Path;
@@ -19,6 +20,7 @@ use crate::error::Result;
 use crate::progress::Progress;
 
 pub use from::{CopyFromOutcome, CopyFromSink};
+pub use parts::{is_resumable, Parts, PartsFormat, PartsOutcome, DEFAULT_PART_SIZE};
 pub use to::CopyToStream;
 
 /// Default bytes per chunk read, compressed and sent (and read from downloads).
@@ -143,6 +145,27 @@ impl CopyClient {
         path: impl AsRef<Path>,
     ) -> Result<CopyFromOutcome> {
         from::upload_file(self, sql, path.as_ref()).await
+    }
+
+    /// Loads the file at `path` into a table in parts of at most
+    /// [`Parts::part_size`] bytes, for files bigger than the server takes in one request
+    /// (CARTO's limit is 2 GB).
+    ///
+    /// The file is cut at record boundaries (CSV: newlines outside quotes; text: newlines
+    /// not escaped); each part is loaded into a staging table of its own with one COPY, and
+    /// when all are loaded one transaction inserts them into the target in file order and
+    /// drops them: the target gets every row or none. A refused row fails the load with the
+    /// line of the file (`COPY t, line 1234567, ...`), the staging tables dropped. A
+    /// dropped connection or an unavailable server sends the part again (at most 3 times);
+    /// after that, or when the process stops, the loaded parts stay, and a load with
+    /// [`Parts::resume`] sends only the others ([`is_resumable`] tells which failures).
+    /// The progress reported spans the whole file. The key must be able to create tables.
+    pub async fn copy_from_file_in_parts(
+        &self,
+        path: impl AsRef<Path>,
+        parts: &Parts,
+    ) -> Result<PartsOutcome> {
+        parts::upload(self, path.as_ref(), parts).await
     }
 
     /// Encodes `rows` into COPY text format and uploads them into `columns` of `table`

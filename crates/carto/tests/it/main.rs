@@ -10,6 +10,7 @@ mod copy_errors;
 mod copy_from;
 mod copy_to;
 mod examples;
+mod parts;
 mod retry;
 mod rows;
 mod sql;
