@@ -377,7 +377,7 @@ async fn a_dropped_connection_sends_only_the_missing_parts_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_longer_than_the_sql_timeout_runs_as_a_batch_job() {
     let (server, user, client) = setup_with(carto_sql_api::Config {
-        query_timeout: Some("1s".into()),
+        query_timeout: Some(std::time::Duration::from_secs(1)),
         ..Default::default()
     })
     .await;
