@@ -334,3 +334,20 @@ def test_the_import_is_the_whole_migration():
         # carto-python's AuthAPIClient (Basic auth for the v3 Auth API) has no SQL API use.
         assert public - set(vars(ours)) - {"AuthAPIClient"} == set(), module
     assert os.path.exists(os.path.join(os.path.dirname(carto_rs_sql.__file__), "sql.pyi"))
+
+
+def test_the_radar_example_loads_and_reads_back(server, user, rs_sql):
+    env = dict(os.environ, CARTO_API_URL=f"{server.url}/user/{user['username']}/",
+               CARTO_API_KEY=user["api_key"], PYTHONWARNINGS="ignore")
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "examples/python/radar.py"), "2"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"loaded {2 * 360 * 250} echoes" in done.stdout
+    rows = rs_sql.send(
+        "SELECT count(*) AS n, count(the_geom_webmercator) AS mapped, "
+        "count(reflectivity_dbz) AS echoes, max(reflectivity_dbz) AS top FROM radar_sweep"
+    )["rows"][0]
+    assert rows["n"] == rows["mapped"] == 2 * 360 * 250
+    assert 0 < rows["echoes"] < rows["n"] and 60 < rows["top"] <= 65
+    # The script printed what it read back: one line per sweep.
+    assert len([line for line in done.stdout.splitlines() if line.split()[:1] in (["0"], ["1"])]) == 2
