@@ -6,8 +6,8 @@ test's long job must not delay another test's jobs.
 
 `create_and_wait_for_completion` sleeps `carto.sql.BATCH_READ_STATUS_AFTER_SECONDS` (2 s)
 between reads (carto_rs.sql has the same constant); the `fast_polling` fixture lowers that
-module constant (the method reads it at each loop) so that the file runs in seconds. Everything else is the client as shipped. Our own
-waits poll `read` with a deadline.
+module constant (the method reads it at each loop) so that the file runs in seconds. Everything
+else is the client as shipped. Our own waits poll `read` with a deadline.
 """
 
 import re
@@ -110,7 +110,8 @@ def test_create_a_list_of_queries(server, user, auth, SQLClient, BatchSQLClient)
     assert rows == [{"n": 1}, {"n": 2}]
 
 
-def test_create_and_wait_for_a_job_that_succeeds(server, user, auth, fast_polling, SQLClient, BatchSQLClient):
+def test_create_and_wait_for_a_job_that_succeeds(server, user, auth, fast_polling, SQLClient,
+                                                 BatchSQLClient):
     batch = BatchSQLClient(auth)
     job = batch.create_and_wait_for_completion(
         "CREATE TABLE t (name text); INSERT INTO t VALUES ('from batch'), ('twice')"
@@ -121,7 +122,8 @@ def test_create_and_wait_for_a_job_that_succeeds(server, user, auth, fast_pollin
     assert rows == [{"name": "from batch"}, {"name": "twice"}]
 
 
-def test_create_and_wait_for_a_job_that_fails(server, user, auth, fast_polling, BatchSQLClient, CartoException):
+def test_create_and_wait_for_a_job_that_fails(server, user, auth, fast_polling, BatchSQLClient,
+                                              CartoException):
     batch = BatchSQLClient(auth)
     with pytest.raises(CartoException) as raised:
         batch.create_and_wait_for_completion("SELECT * FROM no_such_table")
@@ -278,7 +280,8 @@ def test_unknown_job(batch, CartoException):
     assert error_of(raised) == ["Job with id irrelevantJob not found"]
 
 
-def test_another_users_job_is_not_found(server, batch, APIKeyAuthClient, BatchSQLClient, CartoException):
+def test_another_users_job_is_not_found(server, batch, APIKeyAuthClient, BatchSQLClient,
+                                        CartoException):
     other = server.add_user()
     theirs = BatchSQLClient(APIKeyAuthClient(
         f"{server.url}/user/{other['username']}/", other["api_key"])).create("SELECT 1")
@@ -301,7 +304,9 @@ def regular_key(server, user):
 
 
 @pytest.mark.parametrize("key", ["default_public", None, "regular"])
-def test_only_the_master_key_may_use_batch_jobs(server, user, batch, key, APIKeyAuthClient, BatchSQLClient, CartoException, ForbiddenErrorException):
+def test_only_the_master_key_may_use_batch_jobs(server, user, batch, key, APIKeyAuthClient,
+                                                BatchSQLClient, CartoException,
+                                                ForbiddenErrorException):
     if key == "regular":
         key = regular_key(server, user)
     job = batch.create("SELECT 1")

@@ -74,7 +74,8 @@ def test_sql_error_is_a_carto_exception(sql, CartoException):
     assert 'relation "no_such_table" does not exist' in str(raised.value)
 
 
-def test_wrong_key_is_401_access_denied(server, user, APIKeyAuthClient, SQLClient, CartoException, UnauthorizedErrorException):
+def test_wrong_key_is_401_access_denied(server, user, APIKeyAuthClient, SQLClient, CartoException,
+                                        UnauthorizedErrorException):
     auth = APIKeyAuthClient(f"{server.url}/user/{user['username']}/", "not-the-key")
     with pytest.raises(CartoException) as raised:
         SQLClient(auth).send("SELECT 1")
