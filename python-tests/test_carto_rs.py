@@ -351,3 +351,21 @@ def test_the_radar_example_loads_and_reads_back(server, user, rs_sql):
     assert 0 < rows["echoes"] < rows["n"] and 60 < rows["top"] <= 65
     # The script printed what it read back: one line per sweep.
     assert len([line for line in done.stdout.splitlines() if line.split()[:1] in (["0"], ["1"])]) == 2
+
+
+def test_ctrl_c_while_rust_iterates_a_list_aborts_too(rs_copy, rs_sql):
+    """A list runs no Python code while carto_rs walks it, so only carto_rs's own check for
+    signals between chunks can see the Ctrl-C (SIGALRM raises KeyboardInterrupt here, as
+    SIGINT does by default)."""
+    rs_sql.send("CREATE TABLE interrupted_list (n integer, s text)")
+    # ~100 MB: several seconds of upload, far more than the 0.5 s before the signal.
+    rows = [b"%d,%s\n" % (i, b"x" * 200) for i in range(500_000)]
+    previous = signal.signal(signal.SIGALRM, signal.default_int_handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        with pytest.raises(KeyboardInterrupt):
+            rs_copy.copyfrom("COPY interrupted_list FROM STDIN WITH (FORMAT csv)", rows)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert rs_sql.send("SELECT count(*) AS n FROM interrupted_list")["rows"] == [{"n": 0}]
