@@ -369,3 +369,66 @@ def test_ctrl_c_while_rust_iterates_a_list_aborts_too(rs_copy, rs_sql):
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     assert rs_sql.send("SELECT count(*) AS n FROM interrupted_list")["rows"] == [{"n": 0}]
+
+
+class RecordingProxy:
+    """A TCP relay to the server that keeps every byte the client sent, to see the wire."""
+
+    def __init__(self, port):
+        import socket
+
+        self.sent = bytearray()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.target = port
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import socket
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, source, sink, record):
+        try:
+            while data := source.recv(65536):
+                if record:
+                    self.sent += data
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            sink.close()
+
+    def close(self):
+        self.listener.close()
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_copyfrom_body_is_gzip_exactly_when_asked(server, user, rs_sql, compress):
+    """carto_rs's side of test_copy's carto-python-only wire test: Content-Encoding: gzip and a
+    gzip body exactly when compress=True, and the server decodes it."""
+    rs_sql.send("DROP TABLE IF EXISTS wire; CREATE TABLE wire (line text)")
+    proxy = RecordingProxy(server.port)
+    try:
+        copy = carto_rs_sql.CopySQLClient(
+            RsAuth(f"http://127.0.0.1:{proxy.port}/user/{user['username']}/", user["api_key"]))
+        lines = [f"line {i}\n".encode() for i in range(1000)]
+        assert copy.copyfrom("COPY wire FROM STDIN", iter(lines),
+                             compress=compress)["total_rows"] == 1000
+    finally:
+        proxy.close()
+    head, _, body = bytes(proxy.sent).partition(b"\r\n\r\n")
+    headers = head.decode().lower().split("\r\n")
+    assert headers[0].startswith("post /user/")
+    assert ("content-encoding: gzip" in headers) is compress
+    # The (chunked) body starts with gzip's magic number exactly when compressed.
+    assert (b"\r\n\x1f\x8b" in body[:16]) is compress
+    assert (b"line 0\n" in body) is not compress
+    assert rs_sql.send("SELECT count(*) AS n FROM wire")["rows"] == [{"n": 1000}]
