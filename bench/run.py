@@ -12,6 +12,7 @@ Run through bench/run.sh, which builds the binaries and prepares the Python envi
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -180,6 +181,8 @@ def contenders(server, carto_bin, python, direction, table, columns, path, out):
             yield "carto (gzip)", base, None
             yield "carto (no gzip)", base + ["--no-compress"], None
         yield "carto-python", [python, str(HERE / "carto_python_copy.py"), "from", server.base_url, key, sql, str(path)], None
+        if importlib.util.find_spec("carto_rs"):  # carto_rs (crates/carto-py), when installed
+            yield "carto_rs", [python, str(HERE / "carto_rs_copy.py"), "from", server.base_url, key, sql, str(path)], None
         yield "curl", ["curl", "-sS", "--fail-with-body", "-o", "/dev/null", "-X", "POST", "-H", "Content-Type: application/octet-stream",
                        "-H", "Transfer-Encoding: chunked", "-T", str(path), f"{api}/sql/copyfrom?api_key={key}&q={q}"], None
     else:
@@ -193,6 +196,8 @@ def contenders(server, carto_bin, python, direction, table, columns, path, out):
             yield "carto", base, None
             yield "carto (gzip)", base + ["--compress"], None
         yield "carto-python", [python, str(HERE / "carto_python_copy.py"), "to", server.base_url, key, sql, str(out)], None
+        if importlib.util.find_spec("carto_rs"):
+            yield "carto_rs", [python, str(HERE / "carto_rs_copy.py"), "to", server.base_url, key, sql, str(out)], None
         yield "curl", ["curl", "-sS", "--fail", "-o", str(out), f"{api}/sql/copyto?api_key={key}&q={q}"], None
 
 

@@ -1,10 +1,17 @@
 """Fixtures: one carto-sql-api server for the session, fresh users per test.
 
+Every test that uses a client runs twice: against carto-python (`carto`) and against
+carto_rs, its Rust-backed drop-in. The `impl` fixture picks the package; the fixtures named
+like the classes (`APIKeyAuthClient`, `SQLClient`, `CartoException`, ...) are that package's,
+so test bodies read exactly as code written against either one. Tests marked
+`carto_python_only` look at carto-python's internals and run for it alone.
+
 Nothing is built here: the server binary is `$CARTO_SQL_API_BIN`, else
 `target/debug/carto-sql-api` under the repository root (`cargo build -p carto-sql-api`).
 """
 
 import contextlib
+import importlib
 import itertools
 import json
 import os
@@ -151,25 +158,98 @@ def user(server):
     return server.add_user()
 
 
-@pytest.fixture
-def auth(server, user):
-    """carto-python's APIKeyAuthClient with the path-style base URL."""
-    from carto.auth import APIKeyAuthClient
+IMPLEMENTATIONS = ["carto", "carto_rs"]
 
+
+class Implementation:
+    """One client package: its `auth`, `sql` and `exceptions` modules, and the module of the
+    classes that say which HTTP error a CartoException wraps (pyrestcli's for carto-python,
+    carto_rs.exceptions for carto_rs)."""
+
+    def __init__(self, name):
+        self.name = name
+        self.auth = importlib.import_module(f"{name}.auth")
+        self.sql = importlib.import_module(f"{name}.sql")
+        self.exceptions = importlib.import_module(f"{name}.exceptions")
+        self.http_errors = importlib.import_module(
+            "pyrestcli.exceptions" if name == "carto" else "carto_rs.exceptions")
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def impl(request):
+    if request.param != "carto" and request.node.get_closest_marker("carto_python_only"):
+        pytest.skip("looks at carto-python's internals")
+    return Implementation(request.param)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "carto_python_only: checks carto-python's internals; not run for carto_rs")
+
+
+@pytest.fixture
+def APIKeyAuthClient(impl):
+    return impl.auth.APIKeyAuthClient
+
+
+@pytest.fixture
+def NonVerifiedAPIKeyAuthClient(impl):
+    return impl.auth.NonVerifiedAPIKeyAuthClient
+
+
+@pytest.fixture
+def SQLClient(impl):
+    return impl.sql.SQLClient
+
+
+@pytest.fixture
+def BatchSQLClient(impl):
+    return impl.sql.BatchSQLClient
+
+
+@pytest.fixture
+def CopySQLClient(impl):
+    return impl.sql.CopySQLClient
+
+
+@pytest.fixture
+def CartoException(impl):
+    return impl.exceptions.CartoException
+
+
+@pytest.fixture
+def CartoRateLimitException(impl):
+    return impl.exceptions.CartoRateLimitException
+
+
+@pytest.fixture
+def BadRequestException(impl):
+    return impl.http_errors.BadRequestException
+
+
+@pytest.fixture
+def UnauthorizedErrorException(impl):
+    return impl.http_errors.UnauthorizedErrorException
+
+
+@pytest.fixture
+def ForbiddenErrorException(impl):
+    return impl.http_errors.ForbiddenErrorException
+
+
+@pytest.fixture
+def auth(server, user, APIKeyAuthClient):
+    """The client's APIKeyAuthClient with the path-style base URL."""
     return APIKeyAuthClient(f"{server.url}/user/{user['username']}/", user["api_key"])
 
 
 @pytest.fixture
-def sql(auth):
-    from carto.sql import SQLClient
-
+def sql(auth, SQLClient):
     return SQLClient(auth)
 
 
 @pytest.fixture
-def copy(auth):
-    from carto.sql import CopySQLClient
-
+def copy(auth, CopySQLClient):
     return CopySQLClient(auth)
 
 

@@ -1,12 +1,13 @@
-"""carto-python's BatchSQLClient against the server's batch jobs (`/sql/job`, spec §7 and §11).
+"""BatchSQLClient (carto-python's and carto_rs's) against the server's batch jobs (`/sql/job`,
+spec §7 and §11).
 
 Every test gets a fresh user: jobs queue per user and one query runs per user at a time, so a
 test's long job must not delay another test's jobs.
 
 `create_and_wait_for_completion` sleeps `carto.sql.BATCH_READ_STATUS_AFTER_SECONDS` (2 s)
-between reads; the `fast_polling` fixture lowers that module constant (the method reads it at
-each loop) so that the file runs in seconds. Everything else is the client as shipped. Our own
-waits poll `read` with a deadline.
+between reads (carto_rs.sql has the same constant); the `fast_polling` fixture lowers that
+module constant (the method reads it at each loop) so that the file runs in seconds. Everything
+else is the client as shipped. Our own waits poll `read` with a deadline.
 """
 
 import re
@@ -15,23 +16,17 @@ import time
 
 import pytest
 import requests
-from carto.auth import APIKeyAuthClient
-from carto.exceptions import CartoException
-from carto.sql import BatchSQLClient, SQLClient
-from pyrestcli.exceptions import BadRequestException, ForbiddenErrorException
 
 FINAL = {"done", "failed", "cancelled", "unknown"}
 
 
 @pytest.fixture
-def fast_polling(monkeypatch):
-    import carto.sql
-
-    monkeypatch.setattr(carto.sql, "BATCH_READ_STATUS_AFTER_SECONDS", 0.1)
+def fast_polling(monkeypatch, impl):
+    monkeypatch.setattr(impl.sql, "BATCH_READ_STATUS_AFTER_SECONDS", 0.1)
 
 
 @pytest.fixture(params=["path", "host"])
-def auth(request, server, user):
+def auth(request, server, user, APIKeyAuthClient):
     """The master key's APIKeyAuthClient, with each base URL style."""
     if request.param == "path":
         return APIKeyAuthClient(f"{server.url}/user/{user['username']}/", user["api_key"])
@@ -40,19 +35,19 @@ def auth(request, server, user):
 
 
 @pytest.fixture
-def path_auth(server, user):
+def path_auth(server, user, APIKeyAuthClient):
     """The master key's APIKeyAuthClient, path style only (tests where the style is not the
     point)."""
     return APIKeyAuthClient(f"{server.url}/user/{user['username']}/", user["api_key"])
 
 
 @pytest.fixture
-def batch(path_auth):
+def batch(path_auth, BatchSQLClient):
     return BatchSQLClient(path_auth)
 
 
 @pytest.fixture
-def sql(path_auth):
+def sql(path_auth, SQLClient):
     return SQLClient(path_auth)
 
 
@@ -81,7 +76,7 @@ def error_of(raised):
 # --- create / read -----------------------------------------------------------------------
 
 
-def test_create_one_query_then_read(server, user, auth):
+def test_create_one_query_then_read(server, user, auth, BatchSQLClient):
     batch = BatchSQLClient(auth)
     job = batch.create("SELECT 1")
     assert job["status"] in {"pending", "running", "done"}
@@ -97,7 +92,7 @@ def test_create_one_query_then_read(server, user, auth):
     assert "failed_reason" not in done
 
 
-def test_create_a_list_of_queries(server, user, auth):
+def test_create_a_list_of_queries(server, user, auth, SQLClient, BatchSQLClient):
     batch = BatchSQLClient(auth)
     queries = [
         "CREATE TABLE steps (n int)",
@@ -115,7 +110,8 @@ def test_create_a_list_of_queries(server, user, auth):
     assert rows == [{"n": 1}, {"n": 2}]
 
 
-def test_create_and_wait_for_a_job_that_succeeds(server, user, auth, fast_polling):
+def test_create_and_wait_for_a_job_that_succeeds(server, user, auth, fast_polling, SQLClient,
+                                                 BatchSQLClient):
     batch = BatchSQLClient(auth)
     job = batch.create_and_wait_for_completion(
         "CREATE TABLE t (name text); INSERT INTO t VALUES ('from batch'), ('twice')"
@@ -126,7 +122,8 @@ def test_create_and_wait_for_a_job_that_succeeds(server, user, auth, fast_pollin
     assert rows == [{"name": "from batch"}, {"name": "twice"}]
 
 
-def test_create_and_wait_for_a_job_that_fails(server, user, auth, fast_polling):
+def test_create_and_wait_for_a_job_that_fails(server, user, auth, fast_polling, BatchSQLClient,
+                                              CartoException):
     batch = BatchSQLClient(auth)
     with pytest.raises(CartoException) as raised:
         batch.create_and_wait_for_completion("SELECT * FROM no_such_table")
@@ -136,7 +133,7 @@ def test_create_and_wait_for_a_job_that_fails(server, user, auth, fast_polling):
     assert "'status': 'failed'" in message
 
 
-def test_a_failing_query_stops_a_list(batch, sql, fast_polling):
+def test_a_failing_query_stops_a_list(batch, sql, fast_polling, CartoException):
     with pytest.raises(CartoException) as raised:
         batch.create_and_wait_for_completion([
             "CREATE TABLE t (n int)",
@@ -179,7 +176,7 @@ def test_update_a_pending_job(batch, sql):
     assert sql.send("SELECT name FROM t")["rows"] == [{"name": "updated"}]
 
 
-def test_update_a_finished_job_is_refused(batch, fast_polling):
+def test_update_a_finished_job_is_refused(batch, fast_polling, CartoException, BadRequestException):
     job = batch.create_and_wait_for_completion("SELECT 1")
     with pytest.raises(CartoException) as raised:
         batch.update(job["job_id"], "SELECT 2")
@@ -190,7 +187,7 @@ def test_update_a_finished_job_is_refused(batch, fast_polling):
     assert batch.read(job["job_id"])["query"] == "SELECT 1"
 
 
-def test_update_a_running_job_is_refused(batch):
+def test_update_a_running_job_is_refused(batch, CartoException):
     job = batch.create("SELECT pg_sleep(30)")
     wait_for(batch, job["job_id"], {"running"})
     try:
@@ -215,7 +212,7 @@ def sleeping_backends(sql):
     )["rows"][0]["n"]
 
 
-def test_cancel_a_running_job(server, user, auth):
+def test_cancel_a_running_job(server, user, auth, SQLClient, BatchSQLClient):
     batch = BatchSQLClient(auth)
     sql = SQLClient(auth)
     job = batch.create("SELECT pg_sleep(30)")
@@ -256,7 +253,7 @@ def test_cancel_a_pending_job(batch, sql):
     assert batch.read(waiting["job_id"])["status"] == "cancelled"
 
 
-def test_cancel_a_finished_job_returns_done(server, user, auth, fast_polling):
+def test_cancel_a_finished_job_returns_done(server, user, auth, fast_polling, BatchSQLClient):
     batch = BatchSQLClient(auth)
     job = batch.create_and_wait_for_completion("SELECT 1")
     # carto-python turns exactly this 400 into 'done' (spec §11); check the server's answer
@@ -269,7 +266,7 @@ def test_cancel_a_finished_job_returns_done(server, user, auth, fast_polling):
     assert batch.read(job["job_id"])["status"] == "done"
 
 
-def test_cancel_a_cancelled_job_raises(batch):
+def test_cancel_a_cancelled_job_raises(batch, CartoException):
     job = batch.create("SELECT pg_sleep(30)")
     assert batch.cancel(job["job_id"]) == "cancelled"
     with pytest.raises(CartoException) as raised:
@@ -277,13 +274,14 @@ def test_cancel_a_cancelled_job_raises(batch):
     assert error_of(raised) == ["Cannot set status from cancelled to cancelled"]
 
 
-def test_unknown_job(batch):
+def test_unknown_job(batch, CartoException):
     with pytest.raises(CartoException) as raised:
         batch.read("irrelevantJob")
     assert error_of(raised) == ["Job with id irrelevantJob not found"]
 
 
-def test_another_users_job_is_not_found(server, batch):
+def test_another_users_job_is_not_found(server, batch, APIKeyAuthClient, BatchSQLClient,
+                                        CartoException):
     other = server.add_user()
     theirs = BatchSQLClient(APIKeyAuthClient(
         f"{server.url}/user/{other['username']}/", other["api_key"])).create("SELECT 1")
@@ -306,7 +304,9 @@ def regular_key(server, user):
 
 
 @pytest.mark.parametrize("key", ["default_public", None, "regular"])
-def test_only_the_master_key_may_use_batch_jobs(server, user, batch, key):
+def test_only_the_master_key_may_use_batch_jobs(server, user, batch, key, APIKeyAuthClient,
+                                                BatchSQLClient, CartoException,
+                                                ForbiddenErrorException):
     if key == "regular":
         key = regular_key(server, user)
     job = batch.create("SELECT 1")

@@ -1,10 +1,10 @@
-"""carto-python's CopySQLClient: every copyfrom and copyto flavour, gzip on and off."""
+"""CopySQLClient (carto-python's and carto_rs's): every copyfrom and copyto flavour, gzip on
+and off."""
 
 import gzip
 import io
 
 import pytest
-from carto.exceptions import CartoException
 
 COPY_FROM = "COPY t (the_geom, name, age) FROM STDIN WITH (FORMAT csv, HEADER true)"
 
@@ -63,7 +63,7 @@ def test_copyfrom_a_file_path(sql, copy, table, compress, tmp_path):
     assert rows_of(sql)["n"] == 500
 
 
-def test_copyfrom_errors_are_carto_exceptions(sql, copy, table):
+def test_copyfrom_errors_are_carto_exceptions(sql, copy, table, CartoException):
     with pytest.raises(CartoException) as raised:
         copy.copyfrom("COPY no_such_table FROM STDIN", iter([b"1\n"]))
     assert 'relation "no_such_table" does not exist' in str(raised.value)
@@ -104,7 +104,7 @@ def test_copyto_a_subquery_with_ewkt(copy, table):
     )
 
 
-def test_copyto_errors_are_carto_exceptions(copy):
+def test_copyto_errors_are_carto_exceptions(copy, CartoException):
     with pytest.raises(CartoException) as raised:
         copy.copyto("COPY no_such_table TO STDOUT")
     assert str(raised.value) == '400 Client Error: relation "no_such_table" does not exist'
@@ -130,6 +130,7 @@ def test_a_whole_table_goes_out_and_back_in(sql, copy, table):
     ]
 
 
+@pytest.mark.carto_python_only
 @pytest.mark.parametrize("compress", [True, False])
 def test_copyfrom_body_is_gzip_exactly_when_asked(sql, copy, table, compress, monkeypatch):
     """What carto-python sends on the wire, and that the server decodes it."""

@@ -23,6 +23,16 @@ POINTS = {
 }
 
 
+@pytest.fixture
+def sql(server, user):
+    """carto-python's SQLClient, to look at what GDAL did: these tests are about GDAL, so the
+    Python client is not run through both implementations here."""
+    from carto.auth import APIKeyAuthClient
+    from carto.sql import SQLClient
+
+    return SQLClient(APIKeyAuthClient(f"{server.url}/user/{user['username']}/", user["api_key"]))
+
+
 def carto_config(server, user):
     return [
         "--config", "CARTO_API_URL", f"{server.url}/user/{user['username']}/api/v2/sql",

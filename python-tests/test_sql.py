@@ -1,20 +1,16 @@
-"""carto-python's APIKeyAuthClient and SQLClient against the server."""
+"""APIKeyAuthClient and SQLClient (carto-python's and carto_rs's) against the server."""
 
 import pytest
-from carto.auth import APIKeyAuthClient
-from carto.exceptions import CartoException
-from carto.sql import SQLClient
-from pyrestcli.exceptions import UnauthorizedErrorException
 
 
-def test_path_style_base_url(server, user):
+def test_path_style_base_url(server, user, APIKeyAuthClient, SQLClient):
     auth = APIKeyAuthClient(f"{server.url}/user/{user['username']}/", user["api_key"])
     assert auth.username == user["username"]
     rows = SQLClient(auth).send("SELECT current_user AS who")["rows"]
     assert rows == [{"who": f"carto_{user['username']}_master"}]
 
 
-def test_host_style_base_url(server, user, localhost_names):
+def test_host_style_base_url(server, user, localhost_names, APIKeyAuthClient, SQLClient):
     # No /user/ segment: the server can only know the user from the Host header.
     auth = APIKeyAuthClient(f"http://{user['username']}.localhost:{server.port}/", user["api_key"])
     assert auth.username == user["username"]
@@ -22,7 +18,7 @@ def test_host_style_base_url(server, user, localhost_names):
     assert rows == [{"who": f"carto_{user['username']}_master"}]
 
 
-def test_base_url_printed_by_user_add_works(user):
+def test_base_url_printed_by_user_add_works(user, APIKeyAuthClient, SQLClient):
     auth = APIKeyAuthClient(user["base_url"], user["api_key"])
     assert SQLClient(auth).send("SELECT 1 AS one")["rows"] == [{"one": 1}]
 
@@ -72,13 +68,14 @@ def test_cartodbfied_table_is_described_like_carto(sql):
     assert sql.send("SELECT CDB_UserTables() AS t")["rows"] == [{"t": "places"}]
 
 
-def test_sql_error_is_a_carto_exception(sql):
+def test_sql_error_is_a_carto_exception(sql, CartoException):
     with pytest.raises(CartoException) as raised:
         sql.send("SELECT * FROM no_such_table")
     assert 'relation "no_such_table" does not exist' in str(raised.value)
 
 
-def test_wrong_key_is_401_access_denied(server, user):
+def test_wrong_key_is_401_access_denied(server, user, APIKeyAuthClient, SQLClient, CartoException,
+                                        UnauthorizedErrorException):
     auth = APIKeyAuthClient(f"{server.url}/user/{user['username']}/", "not-the-key")
     with pytest.raises(CartoException) as raised:
         SQLClient(auth).send("SELECT 1")
@@ -87,7 +84,7 @@ def test_wrong_key_is_401_access_denied(server, user):
     assert "Access denied" in str(raised.value)
 
 
-def test_unknown_user_is_a_carto_exception(server):
+def test_unknown_user_is_a_carto_exception(server, APIKeyAuthClient, SQLClient, CartoException):
     auth = APIKeyAuthClient(f"{server.url}/user/nobody/", "whatever")
     with pytest.raises(CartoException) as raised:
         SQLClient(auth).send("SELECT 1")

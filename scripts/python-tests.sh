@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Runs the Python suite (python-tests/): the real carto-python client and GDAL's Carto driver
-# against a carto-sql-api server the suite starts itself.
+# Runs the Python suite (python-tests/): the real carto-python client, carto_rs (this
+# repository's Python package, crates/carto-py) and GDAL's Carto driver against a
+# carto-sql-api server the suite starts itself.
 #
 # Needs the server built first: cargo build -p carto-sql-api
 # (or CARTO_SQL_API_BIN=/path/to/carto-sql-api). Extra arguments go to pytest.
+#
+# carto_rs is built here as a debug build into .venv (`maturin develop`), in the workspace's
+# target/ so that it reuses the dependencies `cargo test` already compiled;
+# CARTO_RS_RELEASE=1 builds it optimised instead (for benchmarks).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -30,6 +35,10 @@ if [ ! -x .venv/bin/python ]; then
     fi
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -r python-tests/requirements.txt
+release=()
+if [ "${CARTO_RS_RELEASE:-0}" = 1 ]; then release=(--release); fi
+VIRTUAL_ENV="$PWD/.venv" .venv/bin/maturin develop --quiet "${release[@]}" \
+    --manifest-path crates/carto-py/Cargo.toml
 
 if ! command -v ogr2ogr >/dev/null; then
     apt_install gdal-bin

@@ -66,6 +66,7 @@
 #![cfg_attr(not(test), deny(clippy::string_slice))]
 
 pub mod batch;
+pub mod binary_copy;
 pub mod blocking;
 mod client;
 pub mod copy;
