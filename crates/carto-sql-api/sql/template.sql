@@ -557,9 +557,10 @@ $$;
 
 -- Ends a bulk load begun by `_CDB_BulkLoadStage`: the staged rows go into `target` in one
 -- INSERT, in the order they came; returns how many. While `target` is still empty (checked
--- under an exclusive lock, held to commit) its plain GiST indexes are dropped and built again
--- after the insert, and the web-mercator trigger's work is done by the INSERT itself; if rows
--- arrived meanwhile, the staged ones are inserted with everything in place.
+-- under an exclusive lock, taken only if no one else holds a lock on it, held to commit) its
+-- plain GiST indexes are dropped and built again after the insert, and the web-mercator
+-- trigger's work is done by the INSERT itself; otherwise (rows arrived meanwhile, someone is
+-- reading the table) the staged rows are inserted with everything in place.
 CREATE FUNCTION cartodb._CDB_BulkLoadFinish(target regclass, staging regclass) RETURNS int8
     LANGUAGE plpgsql AS $$
 DECLARE
@@ -572,8 +573,14 @@ DECLARE
 BEGIN
     SELECT format('%I.%I', n.nspname, r.relname) INTO qtarget
     FROM pg_class r JOIN pg_namespace n ON n.oid = r.relnamespace WHERE r.oid = target;
-    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', qtarget);
-    EXECUTE format('SELECT NOT EXISTS (SELECT 1 FROM %s)', qtarget) INTO empty;
+    -- Without waiting: a reader of the table (a map, or another load of it, which holds a
+    -- share lock from its own staging) would block this load, or deadlock with it.
+    BEGIN
+        EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE NOWAIT', qtarget);
+        EXECUTE format('SELECT NOT EXISTS (SELECT 1 FROM %s)', qtarget) INTO empty;
+    EXCEPTION WHEN lock_not_available THEN
+        empty := false;
+    END;
     SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) INTO cols
     FROM pg_attribute
     WHERE attrelid = target AND attnum > 0 AND NOT attisdropped

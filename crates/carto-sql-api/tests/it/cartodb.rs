@@ -1124,3 +1124,36 @@ async fn a_carto_table_whose_triggers_the_user_changed_gets_their_effect() {
     .await;
     assert_eq!(unset[0]["n"], 0);
 }
+
+#[tokio::test]
+async fn a_bulk_copy_neither_waits_for_nor_blocks_a_reader_of_the_table() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    carto_tables(&server, &user, &["watched"]).await;
+    let oids = gist_oids(&server, &user, "watched").await;
+    // A reader in the middle of a transaction holds a share lock on the table until it ends.
+    let reader = server.superuser_client(&user).await;
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM watched")
+        .await
+        .expect("reader");
+
+    let statement = format!("COPY watched {CARTO_COPY}");
+    let load = copy_from(&server, &user, &statement, carto_csv(300, None), false);
+    let (status, body) = tokio::time::timeout(std::time::Duration::from_secs(120), load)
+        .await
+        .expect("the load waited for the reader");
+    assert_eq!(status, 200, "{body}");
+    // Loaded with the indexes in place, since they could not be dropped under the reader.
+    assert_eq!(gist_oids(&server, &user, "watched").await, oids);
+    reader.batch_execute("COMMIT").await.expect("reader ends");
+    assert_eq!(count(&server, &user, "watched").await, 300);
+    let merc = rows(
+        &server,
+        &user,
+        "SELECT count(*) AS n FROM watched \
+         WHERE the_geom_webmercator IS DISTINCT FROM cartodb._CDB_WebmercatorOf(the_geom)",
+    )
+    .await;
+    assert_eq!(merc[0]["n"], 0);
+}
