@@ -557,7 +557,7 @@ $$;
 
 -- Ends a bulk load begun by `_CDB_BulkLoadStage`: the staged rows go into `target` in one
 -- INSERT, in the order they came; returns how many. While `target` is still empty (checked
--- under an exclusive lock, taken only if no one else holds a lock on it, held to commit) its
+-- under an exclusive lock, waited for 3 s at most, held to commit) its
 -- plain GiST indexes are dropped and built again after the insert, and the web-mercator
 -- trigger's work is done by the INSERT itself; otherwise (rows arrived meanwhile, someone is
 -- reading the table) the staged rows are inserted with everything in place.
@@ -570,17 +570,23 @@ DECLARE
     rebuilt text[];
     c record;
     inserted int8;
+    waited text;
 BEGIN
     SELECT format('%I.%I', n.nspname, r.relname) INTO qtarget
     FROM pg_class r JOIN pg_namespace n ON n.oid = r.relnamespace WHERE r.oid = target;
-    -- Without waiting: a reader of the table (a map, or another load of it, which holds a
-    -- share lock from its own staging) would block this load, or deadlock with it.
+    -- Waiting a little only: long enough for autovacuum, which gives way to a waiting lock
+    -- after deadlock_timeout, but a reader in a long transaction (a map, or another load of
+    -- the table, which holds a share lock from its own staging) must neither hold this load
+    -- up nor deadlock with it. Either way the rows still go in, the slow way.
+    waited := current_setting('lock_timeout');
+    PERFORM set_config('lock_timeout', '3s', true);
     BEGIN
-        EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE NOWAIT', qtarget);
+        EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', qtarget);
         EXECUTE format('SELECT NOT EXISTS (SELECT 1 FROM %s)', qtarget) INTO empty;
-    EXCEPTION WHEN lock_not_available THEN
+    EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
         empty := false;
     END;
+    PERFORM set_config('lock_timeout', waited, true);
     SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) INTO cols
     FROM pg_attribute
     WHERE attrelid = target AND attnum > 0 AND NOT attisdropped

@@ -1157,3 +1157,73 @@ async fn a_bulk_copy_neither_waits_for_nor_blocks_a_reader_of_the_table() {
     .await;
     assert_eq!(merc[0]["n"], 0);
 }
+
+#[tokio::test]
+async fn a_bulk_copy_does_not_wait_for_another_one_still_streaming() {
+    use futures::StreamExt;
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    carto_tables(&server, &user, &["shared"]).await;
+    let statement = format!("COPY shared {CARTO_COPY}");
+    // The first upload sends half its rows, then stalls until told to go on: its staging
+    // holds a share lock on the table all that time.
+    let csv = carto_csv(4000, None);
+    let half = csv.len() / 2;
+    let (go_on, stalled) = tokio::sync::oneshot::channel::<()>();
+    let parts = vec![
+        bytes::Bytes::from(csv[..half].to_string()),
+        bytes::Bytes::from(csv[half..].to_string()),
+    ];
+    let mut stalled = Some(stalled);
+    let body = futures::stream::iter(parts.into_iter().enumerate()).then(move |(i, part)| {
+        let wait = if i == 1 { stalled.take() } else { None };
+        async move {
+            if let Some(wait) = wait {
+                let _ = wait.await;
+            }
+            Ok::<_, std::io::Error>(part)
+        }
+    });
+    let first = tokio::spawn({
+        let (server_url, key) = (server.api_url(&user), user.api_key.clone());
+        let statement = statement.clone();
+        async move {
+            let response = http()
+                .post(format!("{server_url}/sql/copyfrom"))
+                .query(&[("q", statement.as_str()), ("api_key", key.as_str())])
+                .header("content-type", "application/octet-stream")
+                .body(reqwest::Body::wrap_stream(body))
+                .send()
+                .await
+                .expect("first upload");
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    });
+    for _ in 0..600 {
+        if server.running_statements(&user, "COPY").await > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let second = copy_from(&server, &user, &statement, carto_csv(4000, None), false);
+    let (status, body) = tokio::time::timeout(std::time::Duration::from_secs(120), second)
+        .await
+        .expect("the second upload waited for the first");
+    assert_eq!(status, 200, "{body}");
+    go_on.send(()).expect("the first upload is still running");
+    let (status, body) = first.await.expect("first upload");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(count(&server, &user, "shared").await, 8000);
+    let merc = rows(
+        &server,
+        &user,
+        "SELECT count(*) AS n, count(DISTINCT cartodb_id) AS ids FROM shared \
+         WHERE the_geom_webmercator IS NOT DISTINCT FROM cartodb._CDB_WebmercatorOf(the_geom)",
+    )
+    .await;
+    assert_eq!(
+        (merc[0]["n"].as_i64(), merc[0]["ids"].as_i64()),
+        (Some(8000), Some(8000))
+    );
+}
