@@ -209,11 +209,13 @@ def main():
     parser.add_argument("--carto", default=str(ROOT / "target/release/carto"))
     parser.add_argument("--out", default=str(ROOT / "docs/bench"), help="where results go")
     parser.add_argument("--no-chart", action="store_true")
-    parser.add_argument("--only", choices=["points", "plain"], help="run one dataset only")
+    parser.add_argument("--only", choices=["points", "plain", "carto"],
+                        help="run one dataset only (carto: the CARTO-table cases, also run by default)")
     parser.add_argument("--direction", choices=["from", "to"], help="run one direction only")
     args = parser.parse_args()
 
     carto_bin = args.carto if Path(args.carto).exists() else None
+    carto_results = []
     work = Path(tempfile.mkdtemp(prefix="carto-bench."))
     os.chmod(work, 0o755)  # the cluster's OS user must reach it when this runs as root
     server = Server(args.server, work)
@@ -271,11 +273,119 @@ def main():
             results.extend(by_name.values())
             out.unlink(missing_ok=True)
             path.unlink()
+        if cartodbfy and args.only in (None, "carto") and args.direction != "to":
+            carto_results = carto_table_cases(server, carto_bin, args, work)
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    write_report(results, args)
+    if results:
+        write_report(results, args)
+    if carto_results:
+        write_carto_report(carto_results, args)
+
+
+# --- CARTO tables: what a CARTO user's load costs, next to PostgreSQL's limit ---------------------
+
+CARTO_COLUMNS = ["ext_id", "name", "value", "the_geom"]
+
+
+def carto_table_contenders(server, carto_bin, path):
+    """(name, argv, env, table, prepare SQL) for each way of getting the points CSV into a CARTO
+    table, and the limit they are measured against: `psql \\copy` into a bare table (columns and
+    geometry, no index, no trigger)."""
+    cols = ", ".join(CARTO_COLUMNS)
+    options = "WITH (FORMAT csv, HEADER true)"
+    sql = f"COPY carto_points ({cols}) FROM STDIN {options}"
+    psql_copy = lambda table: ["psql", "-v", "ON_ERROR_STOP=1", "-c",
+                               f"\\copy {table} ({cols}) FROM '{path}' {options}"]
+    yield "psql \\copy, bare table", psql_copy("bare_points"), server.psql_env, "bare_points", \
+        "TRUNCATE bare_points"
+    yield "psql \\copy, CARTO table", psql_copy("carto_points"), server.psql_env, "carto_points", \
+        "TRUNCATE carto_points"
+    if carto_bin:
+        auth = [carto_bin, "--base-url", server.base_url, "--api-key", server.api_key, "--quiet"]
+        yield "carto copy from, CARTO table", auth + ["copy", "from", str(path), "--query", sql], None, \
+            "carto_points", "TRUNCATE carto_points"
+        yield "carto import (new table)", auth + ["import", str(path), "--table", "imported_points"], None, \
+            "imported_points", "DROP TABLE IF EXISTS imported_points"
+    q = urllib.parse.quote(sql)
+    yield "curl copyfrom, CARTO table", ["curl", "-sS", "--fail-with-body", "-o", "/dev/null", "-X", "POST",
+                                         "-H", "Content-Type: application/octet-stream", "-H", "Transfer-Encoding: chunked",
+                                         "-T", str(path), f"{server.api}/sql/copyfrom?api_key={server.api_key}&q={q}"], \
+        None, "carto_points", "TRUNCATE carto_points"
+
+
+def carto_table_cases(server, carto_bin, args, work):
+    """Loads the points CSV every way of `carto_table_contenders`, interleaved for `args.rounds`
+    rounds; checks each load's row count, and that every CARTO table got its web-mercator
+    column; returns the Results (dataset "CARTO table")."""
+    server.psql(f"CREATE TABLE bare_points (ext_id int, name text, value int, the_geom geometry(Geometry, 4326))")
+    server.psql(f"CREATE TABLE carto_points (ext_id int, name text, value int, the_geom geometry(Geometry, 4326))")
+    server.psql("SELECT CDB_CartodbfyTable(current_schema, 'carto_points')")
+    path = work / "carto_points.csv"
+    generate(path, args.rows, True)
+    size = path.stat().st_size
+    print(f"== CARTO tables: {args.rows} rows, {size / 1e6:.1f} MB", flush=True)
+    by_name = {}
+    try:
+        for round_ in range(args.rounds):
+            for name, argv, env, table, prepare in carto_table_contenders(server, carto_bin, path):
+                server.psql(prepare)
+                run = measure(server, argv, env)
+                count = int(server.psql(f"SELECT count(*) FROM {table}"))
+                if count != args.rows:
+                    raise SystemExit(f"bench: {name} loaded {count} rows into {table}, expected {args.rows}")
+                if table != "bare_points":
+                    merc = int(server.psql(f"SELECT count(the_geom_webmercator) FROM {table}"))
+                    if merc != args.rows:
+                        raise SystemExit(f"bench: {name} left {args.rows - merc} rows of {table} without the_geom_webmercator")
+                by_name.setdefault(name, Result(name, "COPY FROM", "CARTO table", size, args.rows)).runs.append(run)
+                print(f"   carto round {round_ + 1}  {name:30} {run.wall:7.2f} s", flush=True)
+    finally:
+        path.unlink(missing_ok=True)
+    return list(by_name.values())
+
+
+def write_carto_report(results, args):
+    """carto-results.{json,md,png}: each way's median time as a multiple of the bare-table limit
+    (lower is better; 1.0 = PostgreSQL's speed into a table with no index or trigger)."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = next(r for r in results if r.contender == "psql \\copy, bare table").median("wall")
+    rows = [{
+        "contender": r.contender, "seconds": r.median("wall"),
+        "seconds_all_rounds": [round(x.wall, 3) for x in r.runs],
+        "times_bare": r.median("wall") / base,
+        "server_peak_rss_mib": max(x.server_rss_kib for x in r.runs) / 1024,
+    } for r in results]
+    stamp = time.strftime("%Y-%m-%d")
+    (out / "carto-results.json").write_text(json.dumps(
+        {"date": stamp, "machine": machine(), "rows": args.rows, "rounds": args.rounds, "results": rows}, indent=2))
+    lines = [
+        "# Loading CARTO tables", "",
+        f"{stamp}, {machine()}; {args.rows:,} EWKT points ({results[0].bytes / 1e6:.1f} MB CSV), "
+        f"median of {args.rounds} interleaved rounds.",
+        "Time as a multiple of `psql \\copy` into a bare table (lower is better; 1.00 = PostgreSQL's limit).", "",
+        "| contender | s (median) | s (each round) | × bare |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        each = ", ".join(f"{x:.2f}" for x in r["seconds_all_rounds"])
+        lines.append(f"| {r['contender']} | {r['seconds']:.2f} | {each} | {r['times_bare']:.2f} |")
+    (out / "carto-results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    if not args.no_chart:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(9, 3.8))
+        ax.barh([r["contender"] for r in rows][::-1], [r["times_bare"] for r in rows][::-1], color="tab:blue")
+        ax.axvline(1.0, color="black", linewidth=0.8, linestyle="--")
+        ax.set_xlabel("time ÷ psql \\copy into a bare table (lower is better)")
+        ax.set_title(f"Loading {args.rows:,} points into CARTO tables ({stamp})")
+        fig.tight_layout()
+        fig.savefig(out / "carto-results.png", dpi=110)
 
 
 def machine():

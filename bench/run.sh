@@ -3,6 +3,8 @@
 # its Python dependencies (carto-python, matplotlib) into .venv. Arguments go to run.py:
 #
 #   bench/run.sh                         # 2,000,000 rows, 3 rounds, writes docs/bench/
+#   bench/run.sh --rows 1000000 --rounds 2 --only carto --out /tmp/carto-bench
+#                                        # only the CARTO-table cases (carto-results.*)
 #   BENCH_PROFILE=debug bench/run.sh --rows 20000 --rounds 1 --out /tmp/bench --no-chart
 #                                        # the quick correctness run CI does (debug binaries)
 set -euo pipefail

@@ -485,6 +485,156 @@ BEGIN
 END
 $$;
 
+-- ---------------------------------------------------------------------------------------------
+-- Bulk loads into an empty cartodbfied table (what /sql/copyfrom does for one; see
+-- docs/cartodb.md). Row by row, a COPY into a CARTO table spends most of its time descending
+-- the two GiST indexes and running the web-mercator trigger (docs/bench/tuning.md). Into an
+-- empty table the server instead stages the rows in a temporary twin of the table (same column
+-- types, defaults and checks, so a bad row fails there and names its line), inserts them in one
+-- statement with the web-mercator column computed set-based, and builds the GiST indexes after
+-- the insert, by sorting. Same rows, ids, web-mercator values, indexes and statement triggers.
+-- ---------------------------------------------------------------------------------------------
+
+-- What the row trigger `_CDB_UpdateTheGeomWebmercator` stores for `g`, as one expression (SQL,
+-- so it is inlined into the statement that uses it).
+CREATE FUNCTION cartodb._CDB_WebmercatorOf(g geometry) RETURNS geometry
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE
+        WHEN g IS NULL THEN NULL
+        WHEN ST_SRID(g) = 4326
+             AND g @ 'SRID=4326;POLYGON((-180 -89,-180 89,180 89,180 -89,-180 -89))'::geometry
+        THEN ST_Transform(g, 3857)
+        ELSE cartodb.CDB_TransformToWebmercator(g)
+    END
+$$;
+
+-- Starts a bulk load into `target`, inside the caller's transaction: when `target` is an empty
+-- cartodbfied table the caller owns, whose only row trigger is ours (enabled), with no rules,
+-- row security, identity or generated columns, creates its staging table (a temporary table of
+-- the same name, so COPY's errors read as they would, dropped at commit) and returns its
+-- qualified name. Otherwise NULL: the caller runs its COPY as it is.
+CREATE FUNCTION cartodb._CDB_BulkLoadStage(target regclass) RETURNS text
+    LANGUAGE plpgsql AS $$
+DECLARE
+    staging text;
+    empty bool;
+BEGIN
+    IF target IS NULL
+       OR NOT EXISTS (
+           SELECT 1 FROM pg_class c
+           WHERE c.oid = target AND c.relkind = 'r' AND c.relpersistence = 'p'
+             AND NOT c.relrowsecurity AND NOT c.relhasrules
+             AND pg_has_role(c.relowner, 'MEMBER'))
+       OR NOT EXISTS (
+           SELECT 1 FROM pg_trigger
+           WHERE tgrelid = target AND tgname = 'update_the_geom_webmercator_trigger'
+             AND tgfoid = 'cartodb._CDB_UpdateTheGeomWebmercator'::regproc AND tgenabled = 'O')
+       -- Another row trigger could change a row before ours, or see it without its value.
+       OR EXISTS (
+           SELECT 1 FROM pg_trigger
+           WHERE tgrelid = target AND NOT tgisinternal AND tgtype & 1 = 1
+             AND tgname <> 'update_the_geom_webmercator_trigger')
+       OR EXISTS (
+           SELECT 1 FROM pg_attribute
+           WHERE attrelid = target AND attnum > 0 AND NOT attisdropped
+             AND (attidentity <> '' OR attgenerated <> ''))
+       OR (SELECT count(*) FROM pg_attribute
+           WHERE attrelid = target AND NOT attisdropped AND atttypid = 'geometry'::regtype
+             AND attname IN ('the_geom', 'the_geom_webmercator')) <> 2
+    THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format('SELECT NOT EXISTS (SELECT 1 FROM %s)', target) INTO empty;
+    staging := format('pg_temp.%I', (SELECT relname FROM pg_class WHERE oid = target));
+    IF NOT empty OR to_regclass(staging) IS NOT NULL THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format('CREATE TEMP TABLE %s (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS) '
+                   'ON COMMIT DROP', staging, target);
+    RETURN staging;
+END
+$$;
+
+-- Ends a bulk load begun by `_CDB_BulkLoadStage`: the staged rows go into `target` in one
+-- INSERT, in the order they came; returns how many. While `target` is still empty (checked
+-- under an exclusive lock, waited for 3 s at most, held to commit) its
+-- plain GiST indexes are dropped and built again after the insert, and the web-mercator
+-- trigger's work is done by the INSERT itself; otherwise (rows arrived meanwhile, someone is
+-- reading the table) the staged rows are inserted with everything in place.
+CREATE FUNCTION cartodb._CDB_BulkLoadFinish(target regclass, staging regclass) RETURNS int8
+    LANGUAGE plpgsql AS $$
+DECLARE
+    qtarget text;
+    cols text;
+    empty bool;
+    rebuilt text[];
+    c record;
+    inserted int8;
+    waited text;
+BEGIN
+    SELECT format('%I.%I', n.nspname, r.relname) INTO qtarget
+    FROM pg_class r JOIN pg_namespace n ON n.oid = r.relnamespace WHERE r.oid = target;
+    -- Waiting a little only: long enough for autovacuum, which gives way to a waiting lock
+    -- after deadlock_timeout, but a reader in a long transaction (a map, or another load of
+    -- the table, which holds a share lock from its own staging) must neither hold this load
+    -- up nor deadlock with it. Either way the rows still go in, the slow way.
+    waited := current_setting('lock_timeout');
+    PERFORM set_config('lock_timeout', '3s', true);
+    BEGIN
+        EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', qtarget);
+        EXECUTE format('SELECT NOT EXISTS (SELECT 1 FROM %s)', qtarget) INTO empty;
+    EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+        empty := false;
+    END;
+    PERFORM set_config('lock_timeout', waited, true);
+    SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) INTO cols
+    FROM pg_attribute
+    WHERE attrelid = target AND attnum > 0 AND NOT attisdropped
+      AND attname <> 'the_geom_webmercator';
+    IF NOT empty THEN
+        EXECUTE format('INSERT INTO %s (%s, the_geom_webmercator) '
+                       'SELECT %2$s, the_geom_webmercator FROM %s', qtarget, cols, staging);
+        GET DIAGNOSTICS inserted = ROW_COUNT;
+        RETURN inserted;
+    END IF;
+    -- Only indexes a DROP and the same CREATE give back whole: no constraint, comment,
+    -- tablespace, clustering or statistics target of their own, nothing depending on them.
+    FOR c IN
+        SELECT format('%I.%I', n.nspname, ic.relname) AS name,
+               pg_get_indexdef(i.indexrelid) AS def
+        FROM pg_index i
+        JOIN pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_namespace n ON n.oid = ic.relnamespace
+        JOIN pg_am am ON am.oid = ic.relam
+        WHERE i.indrelid = target AND am.amname = 'gist' AND i.indisvalid
+          AND NOT i.indisclustered AND ic.reltablespace = 0
+          AND NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conindid = i.indexrelid)
+          AND NOT EXISTS (SELECT 1 FROM pg_description WHERE objoid = i.indexrelid)
+          AND NOT EXISTS (SELECT 1 FROM pg_depend
+                          WHERE refclassid = 'pg_class'::regclass
+                            AND refobjid = i.indexrelid)
+          AND NOT EXISTS (SELECT 1 FROM pg_attribute
+                          WHERE attrelid = i.indexrelid AND attstattarget >= 0)
+        ORDER BY ic.relname
+    LOOP
+        EXECUTE format('DROP INDEX %s', c.name);
+        rebuilt := rebuilt || c.def;
+    END LOOP;
+    EXECUTE format('ALTER TABLE %s DISABLE TRIGGER update_the_geom_webmercator_trigger',
+                   qtarget);
+    EXECUTE format('INSERT INTO %s (%s, the_geom_webmercator) '
+                   'SELECT %2$s, cartodb._CDB_WebmercatorOf(the_geom) FROM %s',
+                   qtarget, cols, staging);
+    GET DIAGNOSTICS inserted = ROW_COUNT;
+    EXECUTE format('ALTER TABLE %s ENABLE TRIGGER update_the_geom_webmercator_trigger',
+                   qtarget);
+    FOR c IN SELECT unnest(rebuilt) AS def LOOP
+        EXECUTE c.def;
+    END LOOP;
+    RETURN inserted;
+END
+$$;
+
 -- The one-argument form, as CARTO: the table goes to schema public.
 CREATE FUNCTION cartodb.CDB_CartodbfyTable(reloid regclass) RETURNS regclass
     LANGUAGE sql AS $$

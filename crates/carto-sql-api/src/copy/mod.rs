@@ -1,6 +1,7 @@
 //! The COPY streams behind `/sql/copyfrom` and `/sql/copyto`.
 
 mod from;
+mod staged;
 pub mod statement;
 mod to;
 
@@ -72,28 +73,48 @@ pub async fn copy_from(
     let client = pools.get(&caller.key).await?;
     let prepared = async {
         set_statement_timeout(&client, statement_timeout).await?;
-        // Read as the caller's role, as upstream does; 0 means unlimited.
+        // Read as the caller's role, as upstream does; 0 means unlimited. Databases made from
+        // an older template have no staged path.
         let row = client
             .query_one(
                 "SELECT cartodb._CDB_UserQuotaInBytes(), \
-                        cartodb.CDB_UserDataSize(current_schema())",
+                        cartodb.CDB_UserDataSize(current_schema()), \
+                        pg_catalog.to_regprocedure('cartodb._cdb_bulkloadstage(regclass)') \
+                            IS NOT NULL",
                 &[],
             )
             .await?;
-        let (quota, used): (i64, i64) = (row.get(0), row.get(1));
-        Ok::<_, tokio_postgres::Error>(
+        let (quota, used, staged_path): (i64, i64, bool) = (row.get(0), row.get(1), row.get(2));
+        Ok::<_, tokio_postgres::Error>((
             (quota > 0).then(|| quota.saturating_sub(used).max(0) as u64),
-        )
+            staged_path,
+        ))
     }
     .await;
-    match prepared {
-        Ok(remaining) => limits.quota_remaining = remaining,
+    let staged_path = match prepared {
+        Ok((remaining, staged_path)) => {
+            limits.quota_remaining = remaining;
+            staged_path
+        }
         Err(error) => {
             discard(client);
             return Err(ApiError::from_pg(&error));
         }
-    }
-    match from::stream_body(&client, upload, &limits).await {
+    };
+    let target = staged_path
+        .then(|| statement::copy_from_target(&upload.sql))
+        .flatten();
+    let loaded = match target {
+        Some(target) => match staged::copy_from(&client, upload, target, &limits).await {
+            Ok(staged::Staged::Loaded(rows)) => Ok(rows),
+            Ok(staged::Staged::NotTaken(upload)) => {
+                from::stream_body(&client, upload, &limits).await
+            }
+            Err(error) => Err(error),
+        },
+        None => from::stream_body(&client, upload, &limits).await,
+    };
+    match loaded {
         Ok(0) => Err(ApiError::bad_request("No rows copied")),
         Ok(rows) => Ok(rows),
         Err(error) => {

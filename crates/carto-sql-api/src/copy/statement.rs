@@ -92,6 +92,42 @@ fn check_shape(sql: &str, direction: Direction) -> Result<(), String> {
     Ok(())
 }
 
+/// Where a `COPY ... FROM STDIN` (already passed by [`check`]) names its table: the byte range
+/// of the name in `sql`, so that the same statement can be pointed at a staging table. `None`
+/// when the statement has something a staging table would answer differently: a `WHERE` clause
+/// (it may name any column of the table) or `FREEZE` (which needs a table created in the same
+/// transaction, as a staging table is and the target is not).
+pub(crate) fn copy_from_target(sql: &str) -> Option<std::ops::Range<usize>> {
+    let tokens = tokenize(sql).ok()?;
+    if tokens
+        .iter()
+        .any(|(_, t)| t.is_word("where") || t.is_word("freeze"))
+    {
+        return None;
+    }
+    let end_of = |(start, token): &(usize, Token)| {
+        start
+            + match token {
+                Token::Word(text) | Token::QuotedIdent(text) => text.len(),
+                _ => 1,
+            }
+    };
+    let mut name = tokens.get(1..)?.iter();
+    let first = name.next()?;
+    if !matches!(first.1, Token::Word(_) | Token::QuotedIdent(_)) {
+        return None;
+    }
+    let mut last = first;
+    let mut rest = name.as_slice();
+    while let [(_, Token::Punct('.')), part @ (_, Token::Word(_) | Token::QuotedIdent(_)), tail @ ..] =
+        rest
+    {
+        last = part;
+        rest = tail;
+    }
+    Some(first.0..end_of(last))
+}
+
 /// Skips a balanced `( ... )` group at the start of `tokens`.
 fn skip_parenthesised<'t, 'a>(tokens: &'t [Token<'a>]) -> Option<&'t [Token<'a>]> {
     let mut depth = 0usize;
@@ -187,6 +223,29 @@ mod tests {
         assert!(to("COPY (SELECT 1) TO STDOUT; SELECT pg_sleep(1)").is_err());
         assert!(to("COPY (SELECT 1 TO STDOUT").is_err());
         assert!(from("COPY t FROM STDIN WITH (FORMAT csv, DELIMITER ';')").is_ok());
+    }
+
+    #[test]
+    fn finds_the_table_a_copy_from_names() {
+        let target = |sql: &str| copy_from_target(sql).map(|range| sql[range].to_string());
+        assert_eq!(target("COPY t FROM STDIN").as_deref(), Some("t"));
+        assert_eq!(
+            target("copy public.\"My \"\"T\"\"\" (a, b) from stdin with csv").as_deref(),
+            Some("public.\"My \"\"T\"\"\"")
+        );
+        assert_eq!(
+            target("COPY  s . t(a) FROM STDIN (FORMAT binary)").as_deref(),
+            Some("s . t")
+        );
+        assert_eq!(
+            target("COPY t FROM STDIN WITH (FORMAT csv) WHERE a > 1"),
+            None
+        );
+        assert_eq!(target("COPY t FROM STDIN (FREEZE true)"), None);
+        assert_eq!(
+            target("COPY t (\"where\") FROM STDIN").as_deref(),
+            Some("t")
+        );
     }
 
     mod properties {

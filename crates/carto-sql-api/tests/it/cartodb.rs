@@ -821,3 +821,409 @@ async fn quoted_and_long_table_names_work() {
         assert_eq!(triggers, CARTO_TRIGGERS, "{table}");
     }
 }
+
+/// A CSV for `(ext_id, name, value, the_geom)` with what a CARTO load meets: points inside
+/// the web-mercator band, NULL and EMPTY geometries, points and polygons beyond the band, multi
+/// geometries, quoted names. `bad_line`: that line (the header is line 1) has a bad integer.
+fn carto_csv(rows: usize, bad_line: Option<usize>) -> String {
+    let mut csv = String::from("ext_id,name,value,the_geom\n");
+    for i in 1..=rows {
+        let geometry = match i % 100 {
+            0 => String::new(),
+            1 => "SRID=4326;POINT(10 89.5)".into(),
+            2 => "SRID=4326;POLYGON((-10 80,10 80,10 89.9,-10 89.9,-10 80))".into(),
+            3 => "SRID=4326;MULTIPOINT((1 2),(3 4))".into(),
+            4 => "SRID=4326;POINT EMPTY".into(),
+            5 => "SRID=4326;MULTIPOLYGON(((170 88,180 88,180 90,170 90,170 88)))".into(),
+            _ => format!(
+                "SRID=4326;POINT({:.6} {:.6})",
+                -180.0 + (i as f64 * 0.013717) % 360.0,
+                -85.0 + (i as f64 * 0.007103) % 170.0
+            ),
+        };
+        let value = if bad_line == Some(i + 1) {
+            "abc".to_string()
+        } else {
+            ((i * 7919) % 100_000).to_string()
+        };
+        csv.push_str(&format!(
+            "{i},\"place {i}, \"\"{}\"\" street\",{value},{}\n",
+            i % 97,
+            // Quoted (geometries hold commas), except NULL: an empty unquoted field.
+            if geometry.is_empty() {
+                geometry
+            } else {
+                format!("\"{geometry}\"")
+            }
+        ));
+    }
+    csv
+}
+
+const CARTO_COPY: &str =
+    "(ext_id, name, value, the_geom) FROM STDIN WITH (FORMAT csv, HEADER true)";
+
+/// Creates and cartodbfies `(ext_id int, name text, value int, the_geom)` tables.
+async fn carto_tables(server: &TestServer, user: &TestUser, tables: &[&str]) {
+    for table in tables {
+        rows(
+            server,
+            user,
+            &format!(
+                "CREATE TABLE {table} (ext_id int, name text, value int, \
+                 the_geom geometry(Geometry, 4326)); \
+                 SELECT CDB_CartodbfyTable(current_schema, '{table}')"
+            ),
+        )
+        .await;
+    }
+}
+
+/// `csv` into `table` by a COPY of the superuser's straight into it: the row-by-row way.
+async fn copy_row_by_row(server: &TestServer, user: &TestUser, table: &str, csv: &str) {
+    use futures::SinkExt;
+    let client = server.superuser_client(user).await;
+    let sink = client
+        .copy_in::<_, bytes::Bytes>(&format!("COPY {table} {CARTO_COPY}"))
+        .await
+        .expect("copy_in");
+    let mut sink = Box::pin(sink);
+    sink.send(bytes::Bytes::from(csv.to_string()))
+        .await
+        .expect("send");
+    sink.as_mut().finish().await.expect("finish");
+}
+
+/// Every stored value of `table` (geometries as EWKB), by `cartodb_id`; the state of its id
+/// sequence; its index definitions and its triggers with their enabled state, the table's name
+/// replaced by `T`.
+async fn carto_table_state(
+    server: &TestServer,
+    user: &TestUser,
+    table: &str,
+) -> (Vec<String>, (i64, bool), Vec<String>) {
+    let client = server.superuser_client(user).await;
+    let values = client
+        .query(
+            &format!(
+                "SELECT concat_ws('|', cartodb_id, ext_id, name, value, \
+                        encode(ST_AsEWKB(the_geom), 'hex'), \
+                        encode(ST_AsEWKB(the_geom_webmercator), 'hex')) \
+                 FROM {table} ORDER BY cartodb_id"
+            ),
+            &[],
+        )
+        .await
+        .expect("values")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let sequence = client
+        .query_one(
+            &format!("SELECT last_value, is_called FROM {table}_cartodb_id_seq"),
+            &[],
+        )
+        .await
+        .expect("sequence");
+    let schema = client
+        .query(
+            "SELECT replace(pg_get_indexdef(indexrelid), $1, 'T') FROM pg_index \
+             WHERE indrelid = $1::text::regclass \
+             UNION ALL \
+             SELECT replace(pg_get_triggerdef(oid), $1, 'T') || ' ' || tgenabled::text FROM pg_trigger \
+             WHERE tgrelid = $1::text::regclass AND NOT tgisinternal ORDER BY 1",
+            &[&table],
+        )
+        .await
+        .expect("indexes and triggers")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    (values, (sequence.get(0), sequence.get(1)), schema)
+}
+
+/// The oids of the GiST indexes of `table`: new ones mean they were built again.
+async fn gist_oids(server: &TestServer, user: &TestUser, table: &str) -> Vec<u32> {
+    server
+        .superuser_client(user)
+        .await
+        .query(
+            "SELECT i.indexrelid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+             JOIN pg_am am ON am.oid = c.relam \
+             WHERE i.indrelid = $1::text::regclass AND am.amname = 'gist' \
+             ORDER BY c.relname",
+            &[&table],
+        )
+        .await
+        .expect("gist oids")
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+#[tokio::test]
+async fn copy_into_an_empty_carto_table_leaves_what_a_row_by_row_copy_leaves() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    carto_tables(&server, &user, &["slow", "fast"]).await;
+    let csv = carto_csv(3000, None);
+    let before = gist_oids(&server, &user, "fast").await;
+
+    copy_row_by_row(&server, &user, "slow", &csv).await;
+    let (status, body) = copy_from(
+        &server,
+        &user,
+        &format!("COPY fast {CARTO_COPY}"),
+        csv.clone(),
+        false,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["total_rows"], 3000);
+    // Loaded in bulk: the GiST indexes were built after the rows went in.
+    let after = gist_oids(&server, &user, "fast").await;
+    assert_eq!(after.len(), 2);
+    assert!(
+        after.iter().all(|oid| !before.contains(oid)),
+        "{before:?} {after:?}"
+    );
+    let slow = carto_table_state(&server, &user, "slow").await;
+    assert_eq!(slow.0.len(), 3000);
+    assert_eq!(carto_table_state(&server, &user, "fast").await, slow);
+    // Far from the band the web-mercator copy is clipped or NULL, as the trigger makes it.
+    let clipped = rows(
+        &server,
+        &user,
+        "SELECT count(*) FILTER (WHERE the_geom IS NOT NULL AND the_geom_webmercator IS NULL) \
+         AS dropped, count(*) FILTER (WHERE the_geom_webmercator IS NOT NULL) AS kept FROM fast",
+    )
+    .await;
+    assert!(clipped[0]["dropped"].as_i64().unwrap() > 0, "{clipped:?}");
+
+    // Into a table that is no longer empty, rows go in one by one, ids going on.
+    copy_row_by_row(&server, &user, "slow", &csv).await;
+    let (status, body) = copy_from(
+        &server,
+        &user,
+        &format!("COPY fast {CARTO_COPY}"),
+        csv,
+        false,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(gist_oids(&server, &user, "fast").await, after);
+    let slow = carto_table_state(&server, &user, "slow").await;
+    assert_eq!(slow.0.len(), 6000);
+    assert_eq!(carto_table_state(&server, &user, "fast").await, slow);
+}
+
+#[tokio::test]
+async fn a_bad_row_deep_in_a_bulk_copy_names_its_line_and_loads_nothing() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    carto_tables(&server, &user, &["points"]).await;
+    let before = carto_table_state(&server, &user, "points").await;
+    let oids = gist_oids(&server, &user, "points").await;
+
+    let (status, body) = copy_from(
+        &server,
+        &user,
+        &format!("COPY points {CARTO_COPY}"),
+        carto_csv(20_000, Some(15_001)),
+        false,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        error_of(&body),
+        "invalid input syntax for type integer: \"abc\""
+    );
+    assert_eq!(
+        body["where"], "COPY points, line 15001, column value: \"abc\"",
+        "{body}"
+    );
+    assert_eq!(count(&server, &user, "points").await, 0);
+    // Indexes and triggers are as they were (ids taken from the sequence stay taken, as with
+    // any failed COPY).
+    let after = carto_table_state(&server, &user, "points").await;
+    assert_eq!((after.0, after.2), (before.0, before.2));
+    assert_eq!(gist_oids(&server, &user, "points").await, oids);
+
+    // And the table takes the good rows afterwards.
+    let (status, body) = copy_from(
+        &server,
+        &user,
+        &format!("COPY points {CARTO_COPY}"),
+        carto_csv(100, None),
+        false,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(count(&server, &user, "points").await, 100);
+}
+
+#[tokio::test]
+async fn a_carto_table_whose_triggers_the_user_changed_gets_their_effect() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    carto_tables(
+        &server,
+        &user,
+        &["slow_own", "fast_own", "slow_off", "fast_off"],
+    )
+    .await;
+    for table in ["slow_own", "fast_own"] {
+        rows(
+            &server,
+            &user,
+            &format!(
+                "CREATE FUNCTION {table}_shout() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN NEW.name := upper(NEW.name); \
+                 NEW.the_geom := ST_Translate(NEW.the_geom, 1, 0); RETURN NEW; END $$; \
+                 CREATE TRIGGER a_shout BEFORE INSERT ON {table} \
+                 FOR EACH ROW EXECUTE FUNCTION {table}_shout()"
+            ),
+        )
+        .await;
+    }
+    for table in ["slow_off", "fast_off"] {
+        rows(
+            &server,
+            &user,
+            &format!("ALTER TABLE {table} DISABLE TRIGGER update_the_geom_webmercator_trigger"),
+        )
+        .await;
+    }
+    let csv = carto_csv(500, None);
+    for (slow, fast) in [("slow_own", "fast_own"), ("slow_off", "fast_off")] {
+        copy_row_by_row(&server, &user, slow, &csv).await;
+        let (status, body) = copy_from(
+            &server,
+            &user,
+            &format!("COPY {fast} {CARTO_COPY}"),
+            csv.clone(),
+            false,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let expected = carto_table_state(&server, &user, slow).await;
+        assert_eq!(carto_table_state(&server, &user, fast).await, expected);
+    }
+    let shouted = rows(
+        &server,
+        &user,
+        "SELECT name FROM fast_own WHERE cartodb_id = 7",
+    )
+    .await;
+    assert_eq!(shouted[0]["name"], "PLACE 7, \"7\" STREET");
+    let unset = rows(
+        &server,
+        &user,
+        "SELECT count(the_geom_webmercator) AS n FROM fast_off",
+    )
+    .await;
+    assert_eq!(unset[0]["n"], 0);
+}
+
+#[tokio::test]
+async fn a_bulk_copy_neither_waits_for_nor_blocks_a_reader_of_the_table() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    carto_tables(&server, &user, &["watched"]).await;
+    let oids = gist_oids(&server, &user, "watched").await;
+    // A reader in the middle of a transaction holds a share lock on the table until it ends.
+    let reader = server.superuser_client(&user).await;
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM watched")
+        .await
+        .expect("reader");
+
+    let statement = format!("COPY watched {CARTO_COPY}");
+    let load = copy_from(&server, &user, &statement, carto_csv(300, None), false);
+    let (status, body) = tokio::time::timeout(std::time::Duration::from_secs(120), load)
+        .await
+        .expect("the load waited for the reader");
+    assert_eq!(status, 200, "{body}");
+    // Loaded with the indexes in place, since they could not be dropped under the reader.
+    assert_eq!(gist_oids(&server, &user, "watched").await, oids);
+    reader.batch_execute("COMMIT").await.expect("reader ends");
+    assert_eq!(count(&server, &user, "watched").await, 300);
+    let merc = rows(
+        &server,
+        &user,
+        "SELECT count(*) AS n FROM watched \
+         WHERE the_geom_webmercator IS DISTINCT FROM cartodb._CDB_WebmercatorOf(the_geom)",
+    )
+    .await;
+    assert_eq!(merc[0]["n"], 0);
+}
+
+#[tokio::test]
+async fn a_bulk_copy_does_not_wait_for_another_one_still_streaming() {
+    use futures::StreamExt;
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    carto_tables(&server, &user, &["shared"]).await;
+    let statement = format!("COPY shared {CARTO_COPY}");
+    // The first upload sends half its rows, then stalls until told to go on: its staging
+    // holds a share lock on the table all that time.
+    let csv = carto_csv(4000, None);
+    let half = csv.len() / 2;
+    let (go_on, stalled) = tokio::sync::oneshot::channel::<()>();
+    let parts = vec![
+        bytes::Bytes::from(csv[..half].to_string()),
+        bytes::Bytes::from(csv[half..].to_string()),
+    ];
+    let mut stalled = Some(stalled);
+    let body = futures::stream::iter(parts.into_iter().enumerate()).then(move |(i, part)| {
+        let wait = if i == 1 { stalled.take() } else { None };
+        async move {
+            if let Some(wait) = wait {
+                let _ = wait.await;
+            }
+            Ok::<_, std::io::Error>(part)
+        }
+    });
+    let first = tokio::spawn({
+        let (server_url, key) = (server.api_url(&user), user.api_key.clone());
+        let statement = statement.clone();
+        async move {
+            let response = http()
+                .post(format!("{server_url}/sql/copyfrom"))
+                .query(&[("q", statement.as_str()), ("api_key", key.as_str())])
+                .header("content-type", "application/octet-stream")
+                .body(reqwest::Body::wrap_stream(body))
+                .send()
+                .await
+                .expect("first upload");
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    });
+    for _ in 0..600 {
+        if server.running_statements(&user, "COPY").await > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let second = copy_from(&server, &user, &statement, carto_csv(4000, None), false);
+    let (status, body) = tokio::time::timeout(std::time::Duration::from_secs(120), second)
+        .await
+        .expect("the second upload waited for the first");
+    assert_eq!(status, 200, "{body}");
+    go_on.send(()).expect("the first upload is still running");
+    let (status, body) = first.await.expect("first upload");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(count(&server, &user, "shared").await, 8000);
+    let merc = rows(
+        &server,
+        &user,
+        "SELECT count(*) AS n, count(DISTINCT cartodb_id) AS ids FROM shared \
+         WHERE the_geom_webmercator IS NOT DISTINCT FROM cartodb._CDB_WebmercatorOf(the_geom)",
+    )
+    .await;
+    assert_eq!(
+        (merc[0]["n"].as_i64(), merc[0]["ids"].as_i64()),
+        (Some(8000), Some(8000))
+    );
+}
