@@ -405,6 +405,16 @@ pub struct ImportArgs {
     /// Rows read to infer column types.
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub sample: usize,
+    /// A file bigger than this is loaded in parts of at most this size, under the server's
+    /// POST limit (CARTO's is 2 GB), and the table made in one transaction at the end: bytes,
+    /// or with a unit (kB, MB, GB, KiB, MiB, GiB).
+    #[arg(long, value_name = "SIZE", value_parser = byte_size, default_value = "1GiB")]
+    pub part_size: u64,
+    /// Send only the parts an earlier, interrupted import of the same file into the same
+    /// table did not finish (a CSV file; GeoJSON and GeoPackage files are converted anew
+    /// each run, so their parts are not found again).
+    #[arg(long)]
+    pub resume: bool,
 }
 
 /// What `carto import` does with a table that exists (ogr2ogr's `-overwrite`, `-append`).

@@ -10,13 +10,13 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::{client, ident, literal, missing_columns, table_columns};
 use crate::args::{Global, IfExists, ImportArgs};
 use crate::infer::{column_names, infer, lon_lat, ColumnType};
-use crate::output::{bytes, Output};
-use crate::progress::transfer_bar;
+use crate::output::Output;
+
+mod load;
 
 /// PostgreSQL's longest identifier, in bytes.
 const MAX_NAME: usize = 63;
@@ -31,6 +31,8 @@ struct Plan {
     copy: String,
     /// One transaction: the staging table becomes the table, or its rows are appended.
     finish: String,
+    /// `copy` then `finish` as a load in parts, for a file bigger than `--part-size`.
+    parts: carto::Parts,
     appends: bool,
 }
 
@@ -161,86 +163,18 @@ pub async fn run(global: &Global, output: Output, args: ImportArgs) -> Result<()
     let source = converted
         .as_ref()
         .map_or(args.file.as_path(), |csv| csv.path());
-    import(&client, output, &plan, source, &args.file).await
-}
-
-/// Loads the file through the staging table; on any failure drops the staging table.
-async fn import(
-    client: &carto::Client,
-    output: Output,
-    plan: &Plan,
-    source: &Path,
-    file: &Path,
-) -> Result<()> {
-    let sql = client.sql();
-    let drop_staging = format!("DROP TABLE IF EXISTS {}", ident(&plan.staging));
-    crate::interrupt::on_interrupt(
-        format!("nothing imported into {}", plan.table),
-        Some(crate::interrupt::run_sql(
-            client.clone(),
-            drop_staging.clone(),
-        )),
-    );
-    sql.send(&plan.prepare)
-        .await
-        .context("creating the staging table")?;
-    let loaded = load(client, output, plan, source, file).await;
-    let (rows, time) = match loaded {
-        Ok(done) => done,
-        Err(error) => {
-            let _ = sql.send(&drop_staging).await;
-            return Err(error.context(format!(
-                "importing {} (nothing was imported)",
-                file.display()
-            )));
-        }
-    };
-    let size = std::fs::metadata(source).map(|m| m.len()).unwrap_or(0);
-    output.result(
-        &format!(
-            "{} {rows} rows ({}) {} {} in {time:.2} s",
-            if plan.appends { "appended" } else { "imported" },
-            bytes(size),
-            if plan.appends { "to" } else { "into" },
-            plan.table,
-        ),
-        json!({ "table": plan.table, "total_rows": rows, "bytes": size, "appended": plan.appends }),
-        false,
-    );
-    Ok(())
-}
-
-/// COPY of `source` (the file, or the CSV made of it) into the staging table, then the
-/// finishing transaction; the rows and seconds.
-async fn load(
-    client: &carto::Client,
-    output: Output,
-    plan: &Plan,
-    source: &Path,
-    file: &Path,
-) -> Result<(u64, f64)> {
-    let size = std::fs::metadata(source)
-        .with_context(|| format!("reading {}", file.display()))?
-        .len();
-    let (bar, progress) = transfer_bar(output.bars(), Some(size));
-    let mut copy = client.copy();
-    if let Some(progress) = progress {
-        copy = copy.with_progress(progress);
-    }
-    let started = std::time::Instant::now();
-    let loaded = copy.copy_from_file(&plan.copy, source).await;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    let outcome = loaded.with_context(|| format!("loading {}", file.display()))?;
-    client.sql().send(&plan.finish).await.with_context(|| {
-        if plan.appends {
-            format!("appending the rows to {}", plan.table)
-        } else {
-            format!("creating {} and cartodbfying it", plan.table)
-        }
-    })?;
-    Ok((outcome.total_rows, started.elapsed().as_secs_f64()))
+    load::import(
+        &client,
+        output,
+        &plan,
+        &load::Source {
+            path: source,
+            file: &args.file,
+            part_size: args.part_size,
+            resume: args.resume,
+        },
+    )
+    .await
 }
 
 async fn exists(client: &carto::Client, table: &str) -> Result<bool> {
@@ -498,6 +432,15 @@ fn copy_statement(staging: &str, file: &FileColumns) -> String {
     )
 }
 
+/// The same COPY as [`copy_statement`], cut into parts, with `finish` run in the
+/// transaction that publishes them into the staging table.
+fn parts_plan(staging: &str, file: &FileColumns, finish: &str) -> carto::Parts {
+    carto::Parts::new(ident(staging))
+        .columns(file.names.iter().map(|n| ident(n)))
+        .csv(true, Some(file.delimiter as char))
+        .then(finish)
+}
+
 /// A new table (replacing the old one in the same transaction with `replace`).
 fn plan_create(table: &str, file: &FileColumns, replace: bool) -> Plan {
     let staging = staging_name(table);
@@ -545,11 +488,13 @@ fn plan_create(table: &str, file: &FileColumns, replace: bool) -> Plan {
         "SELECT CDB_CartodbfyTable(current_schema, {})",
         literal(table)
     ));
+    let finish = finish.join("; ");
     Plan {
         table: table.into(),
         prepare: prepare_statement(&staging, &definitions),
         copy: copy_statement(&staging, file),
-        finish: finish.join("; "),
+        parts: parts_plan(&staging, file, &finish),
+        finish,
         staging,
         appends: false,
     }
@@ -606,18 +551,20 @@ fn plan_append(
             ident(&file.names[lat])
         ));
     }
+    let finish = format!(
+        "INSERT INTO {} ({}) SELECT {} FROM {}; DROP TABLE {}",
+        ident(table),
+        targets.join(", "),
+        values.join(", "),
+        ident(&staging),
+        ident(&staging)
+    );
     Ok(Plan {
         table: table.into(),
         prepare: prepare_statement(&staging, &definitions),
         copy: copy_statement(&staging, file),
-        finish: format!(
-            "INSERT INTO {} ({}) SELECT {} FROM {}; DROP TABLE {}",
-            ident(table),
-            targets.join(", "),
-            values.join(", "),
-            ident(&staging),
-            ident(&staging)
-        ),
+        parts: parts_plan(&staging, file, &finish),
+        finish,
         staging,
         appends: true,
     })
