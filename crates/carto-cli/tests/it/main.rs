@@ -6,3 +6,4 @@ mod interrupt;
 mod misc;
 mod support;
 mod transfer;
+mod transfer_hosts;
