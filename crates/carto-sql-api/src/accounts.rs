@@ -3,8 +3,9 @@
 //! Tenancy follows CARTO: one database per user, one login role per API key. The master key's
 //! role owns the user's database and its `public` schema; the `default_public` key's role may
 //! only read what is granted to it. Metadata (users, SHA-256 hashes of keys, the roles'
-//! passwords) lives in the `carto_meta` database of the same cluster, so several server
-//! processes can share it.
+//! passwords) lives in the `carto_meta` database of the default host, so several server
+//! processes can share it; each user's database and roles live on one database host (see
+//! [`crate::hosts`]).
 
 use crate::error::{invalid, ApiError, Context, Result};
 use rand::distributions::Alphanumeric;
@@ -13,6 +14,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::db::{self, connect, password_literal, quote_ident, RoleLogin};
+use crate::hosts::Hosts;
 
 mod keys;
 pub use keys::{Grant, KeyInfo, NewKey, TABLE_PRIVILEGES};
@@ -60,6 +62,8 @@ pub struct User {
     pub username: String,
     /// The user's database.
     pub database: String,
+    /// The database host holding it; `None`: the default host.
+    pub host: Option<String>,
 }
 
 /// An API key resolved to the role it runs as.
@@ -89,6 +93,7 @@ pub struct NewUser {
 pub struct Accounts {
     admin: tokio_postgres::Config,
     meta: deadpool_postgres::Pool,
+    hosts: Hosts,
 }
 
 impl Accounts {
@@ -105,7 +110,21 @@ impl Accounts {
             .max_size(8)
             .build()
             .map_err(|e| ApiError::internal(format!("metadata pool: {e}")))?;
-        Ok(Accounts { admin, meta })
+        let hosts = Hosts::new(admin.clone(), meta.clone());
+        Ok(Accounts { admin, meta, hosts })
+    }
+
+    /// The database hosts.
+    pub fn hosts(&self) -> &Hosts {
+        &self.hosts
+    }
+
+    /// The privileged superuser settings of the host holding `user`'s database, for its
+    /// database (`dbname` set).
+    pub(crate) async fn user_admin(&self, user: &User) -> Result<tokio_postgres::Config> {
+        let mut config = self.hosts.admin(user.host.as_deref()).await?;
+        config.dbname(&user.database);
+        Ok(config)
     }
 
     /// The metadata database's pool (for the modules that keep their own tables there).
@@ -118,7 +137,7 @@ impl Accounts {
         let client = self.meta.get().await.context("looking up a user")?;
         let row = client
             .query_opt(
-                "SELECT id, username, database FROM users WHERE username = $1",
+                "SELECT id, username, database, host FROM users WHERE username = $1",
                 &[&username],
             )
             .await
@@ -127,6 +146,7 @@ impl Accounts {
             id: row.get(0),
             username: row.get(1),
             database: row.get(2),
+            host: row.get(3),
         }))
     }
 
@@ -145,6 +165,7 @@ impl Accounts {
             kind: KeyKind::parse(row.get(0)),
             grants_sql: row.get(1),
             login: RoleLogin {
+                host: user.host.clone(),
                 database: user.database.clone(),
                 role: row.get(2),
                 password: row.get(3),
@@ -152,10 +173,21 @@ impl Accounts {
         }))
     }
 
-    /// Creates a user: two roles, a database from the template owned by the master role, and
-    /// the metadata rows. Fails clearly if the name is taken or invalid.
+    /// Creates a user on the host with the fewest users (see [`Accounts::create_user_on`]).
     pub async fn create_user(&self, username: &str, api_key: Option<&str>) -> Result<String> {
-        validate_username(username)?;
+        self.create_user_on(username, api_key, None).await
+    }
+
+    /// Creates a user on database host `host` (`None`: the one with the fewest users): two
+    /// roles, a database from the template owned by the master role, and the metadata rows.
+    /// Fails clearly if the name is taken or invalid, or the host unknown.
+    pub async fn create_user_on(
+        &self,
+        username: &str,
+        api_key: Option<&str>,
+        host: Option<&str>,
+    ) -> Result<String> {
+        validate_name("user", username)?;
         let master_key = match api_key {
             Some(key) if key.is_empty() || key == DEFAULT_PUBLIC => {
                 invalid!("the API key must be a non-empty string other than '{DEFAULT_PUBLIC}'")
@@ -163,20 +195,35 @@ impl Accounts {
             Some(key) => key.to_string(),
             None => random_token(32),
         };
-        let admin = connect(&self.admin).await?;
-        admin
-            .execute("SELECT pg_advisory_lock($1)", &[&PROVISION_LOCK])
+        // The lock is taken on the metadata's cluster: it serialises provisioning on every host.
+        let lock = connect(&self.admin).await?;
+        lock.execute("SELECT pg_advisory_lock($1)", &[&PROVISION_LOCK])
             .await?;
-        let result = self.provision(&admin, username, &master_key).await;
-        admin
-            .execute("SELECT pg_advisory_unlock($1)", &[&PROVISION_LOCK])
+        let result = async {
+            let host = match host {
+                Some(name) => self.hosts.resolve_name(name).await?,
+                None => self.hosts.least_used().await?,
+            };
+            let host_admin = self.hosts.admin(host.as_deref()).await?;
+            let admin = connect(&host_admin)
+                .await
+                .with_context(|| format!("connecting to the database host of '{username}'"))?;
+            self.provision(&admin, &host_admin, host.as_deref(), username, &master_key)
+                .await
+        }
+        .await;
+        lock.execute("SELECT pg_advisory_unlock($1)", &[&PROVISION_LOCK])
             .await?;
         result.map(|()| master_key)
     }
 
+    /// Creates the user's roles and database with `admin`, a superuser session on the user's
+    /// host (`host`, reached with `host_admin`), then its metadata.
     async fn provision(
         &self,
         admin: &tokio_postgres::Client,
+        host_admin: &tokio_postgres::Config,
+        host: Option<&str>,
         username: &str,
         master_key: &str,
     ) -> Result<()> {
@@ -223,7 +270,7 @@ impl Accounts {
                     public = quote_ident(&public_role),
                 ))
                 .await?;
-            let mut user_db = self.admin.clone();
+            let mut user_db = host_admin.clone();
             user_db.dbname(&database);
             let user_admin = connect(&user_db).await?;
             user_admin
@@ -239,8 +286,8 @@ impl Accounts {
                 .await?;
             let meta = self.meta.get().await?;
             meta.execute(
-                "INSERT INTO users (username, database) VALUES ($1, $2)",
-                &[&username, &database],
+                "INSERT INTO users (username, database, host) VALUES ($1, $2, $3)",
+                &[&username, &database, &host],
             )
             .await?;
             for (token, kind, role, password) in [
@@ -274,9 +321,7 @@ impl Accounts {
         let Some(user) = self.user(username).await? else {
             invalid!("user '{username}' does not exist");
         };
-        let mut config = self.admin.clone();
-        config.dbname(&user.database);
-        let client = connect(&config).await?;
+        let client = connect(&self.user_admin(&user).await?).await?;
         client
             .batch_execute(&format!(
                 "CREATE OR REPLACE FUNCTION cartodb._CDB_UserQuotaInBytes() RETURNS int8 \
@@ -296,38 +341,19 @@ async fn bootstrap(admin: &tokio_postgres::Config) -> Result<()> {
         .execute("SELECT pg_advisory_lock($1)", &[&PROVISION_LOCK])
         .await?;
     let result = async {
-        for db in [META_DB, TEMPLATE_DB] {
-            let exists = client
-                .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&db])
-                .await?
-                .is_some();
-            if !exists {
-                client
-                    .batch_execute(&format!("CREATE DATABASE {}", quote_ident(db)))
-                    .await?;
-                let setup = if db == META_DB {
-                    META_SCHEMA
-                } else {
-                    TEMPLATE_SCHEMA
-                };
-                connect(&db::private_database(admin, db))
-                    .await?
-                    .batch_execute(setup)
-                    .await
-                    .with_context(|| format!("setting up database {db}"))?;
-            }
-        }
+        crate::hosts::create_once(&client, admin, META_DB, META_SCHEMA).await?;
         // A role of ours may connect to its own user's database and nothing else: not the
-        // metadata (key hashes, role passwords), not the template, not the maintenance
-        // database. Every start says so again, in case an operator's tool granted it back.
+        // metadata (key hashes, role passwords, host URLs), not the template, not the
+        // maintenance database. Every start says so again, in case an operator's tool granted
+        // it back.
         client
             .batch_execute(&format!(
-                "REVOKE CONNECT, TEMPORARY ON DATABASE {}, {}, postgres FROM PUBLIC",
+                "REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC",
                 quote_ident(META_DB),
-                quote_ident(TEMPLATE_DB)
             ))
             .await
             .context("revoking CONNECT on the server's own databases")?;
+        crate::hosts::prepare(admin).await?;
         Ok::<_, crate::error::ApiError>(())
     }
     .await;
@@ -377,7 +403,7 @@ CREATE TABLE api_keys (
 "#;
 
 /// What every user database starts with: PostGIS and the `cartodb` schema of CARTO helpers.
-const TEMPLATE_SCHEMA: &str = include_str!("../sql/template.sql");
+pub(crate) const TEMPLATE_SCHEMA: &str = include_str!("../sql/template.sql");
 
 /// SHA-256 of a token, hex-encoded. Tokens are random and long, so a fast hash is enough to
 /// keep them out of the metadata; a slow password hash would only slow every request.
@@ -394,8 +420,9 @@ fn random_token(len: usize) -> String {
         .to_lowercase()
 }
 
-/// User names become host labels and part of database and role names.
-fn validate_username(name: &str) -> Result<()> {
+/// User names become host labels and part of database and role names; host names are held to
+/// the same rules. `kind` says which one `name` is, for the message.
+pub(crate) fn validate_name(kind: &str, name: &str) -> Result<()> {
     let valid = !name.is_empty()
         && name.len() <= 40
         && name
@@ -404,7 +431,7 @@ fn validate_username(name: &str) -> Result<()> {
         && name.as_bytes()[0].is_ascii_alphanumeric();
     if !valid {
         invalid!(
-            "invalid user name '{name}': use 1 to 40 lowercase letters, digits, '-' or '_', \
+            "invalid {kind} name '{name}': use 1 to 40 lowercase letters, digits, '-' or '_', \
              starting with a letter or digit"
         );
     }
@@ -418,10 +445,10 @@ mod tests {
     #[test]
     fn user_names() {
         for ok in ["alice", "a", "team-1", "x_y"] {
-            validate_username(ok).unwrap();
+            validate_name("user", ok).unwrap();
         }
         for bad in ["", "Alice", "-a", "a.b", "a b", "a\"b", &"a".repeat(41)] {
-            assert!(validate_username(bad).is_err(), "{bad}");
+            assert!(validate_name("user", bad).is_err(), "{bad}");
         }
     }
 

@@ -1,6 +1,6 @@
 //! Connections to PostgreSQL: the superuser settings used for provisioning and metadata, and one
-//! connection pool per (database, role) so that every statement runs on a connection
-//! authenticated as the API key's own role.
+//! connection pool per (host, database, role) so that every statement runs on a connection
+//! authenticated as the API key's own role, on the host holding its user's database.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -15,6 +15,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::accounts::{ApiKey, KeyKind};
 use crate::error::ApiError;
+use crate::hosts::Hosts;
 
 /// How the pools connect, and how much of PostgreSQL each user may hold.
 #[derive(Debug, Clone)]
@@ -33,7 +34,7 @@ pub struct PoolSettings {
     pub key_statement_timeout: Option<Duration>,
 }
 
-/// Pools of connections, one per (database, role), created on first use.
+/// Pools of connections, one per (host, database, role), created on first use.
 ///
 /// Whatever a key's role does to itself cannot change how later connections are made: a
 /// connection refused for a wrong password gets the role's password reset from the metadata
@@ -41,18 +42,19 @@ pub struct PoolSettings {
 /// CURRENT_USER SET ...`) has them removed and is reopened. Both repairs run as the superuser.
 #[derive(Clone)]
 pub(crate) struct Pools {
-    /// Host and port of the cluster (Unix socket dir or TCP host); user and database unset.
-    base: tokio_postgres::Config,
-    /// The superuser, to repair roles.
-    admin: tokio_postgres::Config,
+    /// The database hosts, and their superusers to repair roles with.
+    hosts: Hosts,
     settings: Arc<PoolSettings>,
-    pools: Arc<Mutex<HashMap<(String, String), RolePool>>>,
+    pools: Arc<Mutex<HashMap<PoolKey, RolePool>>>,
     /// Per user database, the connections its public role and regular keys may still open.
     shared_room: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
     notices: NoticeRoutes,
 }
 
-/// The pool of one (database, role).
+/// (host, database, role); host `None` is the default host.
+type PoolKey = (Option<String>, String, String);
+
+/// The pool of one (host, database, role).
 #[derive(Clone)]
 struct RolePool {
     pool: Pool,
@@ -63,6 +65,8 @@ struct RolePool {
 /// A role to connect as: its name and password, and the database.
 #[derive(Debug, Clone)]
 pub struct RoleLogin {
+    /// Database host holding the database; `None`: the default host.
+    pub host: Option<String>,
     /// Database name.
     pub database: String,
     /// PostgreSQL role name.
@@ -72,14 +76,11 @@ pub struct RoleLogin {
 }
 
 impl Pools {
-    /// Pools reaching the cluster that `admin` (the superuser's settings) points at. Within a
-    /// Tokio runtime, a task closes idle connections as `settings.idle_timeout` says.
-    pub fn new(admin: &tokio_postgres::Config, settings: PoolSettings) -> Self {
-        let mut base = role_address(admin);
-        base.application_name("carto-sql-api");
+    /// Pools reaching the clusters of `hosts`. Within a Tokio runtime, a task closes idle
+    /// connections as `settings.idle_timeout` says.
+    pub fn new(hosts: Hosts, settings: PoolSettings) -> Self {
         let pools = Pools {
-            base,
-            admin: admin.clone(),
+            hosts,
             settings: Arc::new(settings),
             pools: Arc::default(),
             shared_room: Arc::default(),
@@ -102,7 +103,13 @@ impl Pools {
     /// finding PostgreSQL unreachable gets [`ApiError::unavailable`].
     pub async fn get(&self, key: &ApiKey) -> Result<Object, ApiError> {
         let shared = key.kind != KeyKind::Master;
-        let pool = self.pool(&key.login, shared);
+        let pool = match self.existing_pool(&key.login) {
+            Some(pool) => pool,
+            None => {
+                let admin = self.hosts.admin(key.login.host.as_deref()).await?;
+                self.pool(&key.login, &admin, shared)
+            }
+        };
         let checkout = async {
             if shared {
                 self.make_room(&key.login, &pool);
@@ -114,15 +121,23 @@ impl Pools {
             .unwrap_or_else(|_| Err(ApiError::busy()))
     }
 
-    /// The pool of `login`'s (database, role), created on first use.
-    fn pool(&self, login: &RoleLogin, shared: bool) -> Pool {
+    /// The pool of `login`'s (host, database, role), if it was made already.
+    fn existing_pool(&self, login: &RoleLogin) -> Option<Pool> {
+        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.get(&pool_key(login)).map(|entry| entry.pool.clone())
+    }
+
+    /// The pool of `login`'s (host, database, role), created on first use; `admin` is the
+    /// superuser of the login's host.
+    fn pool(&self, login: &RoleLogin, admin: &tokio_postgres::Config, shared: bool) -> Pool {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (login.database.clone(), login.role.clone());
+        let key = pool_key(login);
         if let Some(existing) = pools.get(&key) {
             return existing.pool.clone();
         }
-        let mut config = self.base.clone();
+        let mut config = role_address(admin);
         config
+            .application_name("carto-sql-api")
             .dbname(&login.database)
             .user(&login.role)
             .password(&login.password);
@@ -139,7 +154,7 @@ impl Pools {
             config,
             RoleConnect {
                 routes: self.notices.clone(),
-                admin: self.admin.clone(),
+                admin: admin.clone(),
                 room,
             },
             ManagerConfig {
@@ -179,7 +194,7 @@ impl Pools {
             return;
         }
         let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        for ((database, role), other) in pools.iter() {
+        for ((_, database, role), other) in pools.iter() {
             if other.shared && *database == login.database && *role != login.role {
                 other.pool.retain(|_, _| false);
             }
@@ -205,14 +220,27 @@ impl Pools {
         Ok(Notices { rx, tx, slot })
     }
 
-    /// The database host for the `X-Served-By-DB-Host` header: the TCP host name, or
-    /// `localhost` for a Unix socket.
-    pub fn host_label(&self) -> String {
-        match self.base.get_hosts().first() {
+    /// The database host for the `X-Served-By-DB-Host` header: the TCP host name of the
+    /// cluster holding `login`'s database, or `localhost` for a Unix socket.
+    pub async fn host_label(&self, login: &RoleLogin) -> String {
+        let admin = self.hosts.admin(login.host.as_deref()).await;
+        match admin
+            .as_ref()
+            .ok()
+            .and_then(|admin| admin.get_hosts().first())
+        {
             Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
             _ => "localhost".into(),
         }
     }
+}
+
+fn pool_key(login: &RoleLogin) -> PoolKey {
+    (
+        login.host.clone(),
+        login.database.clone(),
+        login.role.clone(),
+    )
 }
 
 /// How long opening a TCP connection may take before PostgreSQL counts as unreachable.
@@ -220,10 +248,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Closes, every half `idle_timeout` (at least every second), the pooled connections unused
 /// for `idle_timeout`, until the pools are gone.
-async fn close_idle(
-    pools: Weak<Mutex<HashMap<(String, String), RolePool>>>,
-    idle_timeout: Duration,
-) {
+async fn close_idle(pools: Weak<Mutex<HashMap<PoolKey, RolePool>>>, idle_timeout: Duration) {
     let mut tick = tokio::time::interval((idle_timeout / 2).max(Duration::from_secs(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -140,6 +140,20 @@ impl EmbeddedCluster {
         config
     }
 
+    /// The superuser's settings as a connection string (`key=value` form, reaching the Unix
+    /// socket), e.g. to register this cluster as a database host of another server. It holds
+    /// the password: never log it.
+    pub fn superuser_url(&self) -> String {
+        let quoted =
+            |value: &str| format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"));
+        format!(
+            "host={} port={} user={SUPERUSER} password={} dbname=postgres",
+            quoted(&self.socket_dir.to_string_lossy()),
+            self.port,
+            quoted(&self.password)
+        )
+    }
+
     /// The directory holding the cluster's Unix socket.
     pub fn socket_dir(&self) -> &Path {
         &self.socket_dir

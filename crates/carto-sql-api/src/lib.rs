@@ -31,6 +31,7 @@ pub(crate) mod copy;
 pub mod db;
 pub mod embedded;
 pub mod error;
+pub mod hosts;
 pub mod http_server;
 pub mod jobs;
 pub mod limits;
@@ -131,10 +132,9 @@ impl Server {
     /// Opens the server on the cluster reached with the superuser settings `admin` (used for
     /// metadata and provisioning only), creating its metadata on first use.
     pub async fn open(admin: tokio_postgres::Config, config: Config) -> Result<Self> {
-        let admin = db::privileged(&admin);
-        let accounts = Accounts::open(admin.clone()).await?;
+        let accounts = Accounts::open(db::privileged(&admin)).await?;
         let pools = Pools::new(
-            &admin,
+            accounts.hosts().clone(),
             PoolSettings {
                 master_connections: config.pool_size,
                 user_connections: config.user_connections,
@@ -149,11 +149,16 @@ impl Server {
                 (accounts::KEYS_SCHEMA_PRESENT, accounts::KEYS_SCHEMA),
                 (limits::SCHEMA_PRESENT, limits::SCHEMA),
                 (jobs::SCHEMA_PRESENT, jobs::SCHEMA),
+                (hosts::SCHEMA_PRESENT, hosts::SCHEMA),
             ],
         )
         .await?;
         let limiter = limits::RateLimiter::new(accounts.meta().clone(), config.rate_limits.clone());
-        let jobs = jobs::Jobs::new(accounts.meta().clone(), admin, config.batch.clone());
+        let jobs = jobs::Jobs::new(
+            accounts.meta().clone(),
+            accounts.hosts().clone(),
+            config.batch.clone(),
+        );
         Ok(Server {
             state: AppState {
                 accounts,

@@ -93,6 +93,29 @@ enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Manage the PostgreSQL hosts that hold user databases (the metadata's own cluster is the
+    /// `default` host).
+    Host {
+        #[command(subcommand)]
+        command: HostCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum HostCommand {
+    /// Register a PostgreSQL host for user databases (PostGIS required; the user template is
+    /// installed there). Its URL is kept in the metadata database only, and never printed.
+    Add {
+        /// Host name: lowercase letters, digits, '-' or '_' (not `default`).
+        name: String,
+        /// A superuser URL of the host, e.g. postgres://postgres:secret@db2:5432/postgres
+        /// (`--database-url` names the metadata's cluster). Prefer the environment variable:
+        /// a command line is visible to every local user.
+        #[arg(long, env = "CARTO_HOST_URL", hide_env_values = true)]
+        url: String,
+    },
+    /// List the hosts as JSON with their user counts and sizes.
+    List,
 }
 
 /// `serve`'s limits at the HTTP edge: slow and idle clients, decompression.
@@ -210,6 +233,10 @@ enum UserCommand {
         /// Base URL of the server, for the printed `base_url`.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         server_url: String,
+        /// Database host for the user's database and roles (default: the host with the fewest
+        /// users; `default` is the metadata's cluster).
+        #[arg(long)]
+        host: Option<String>,
     },
     /// Show or change a user's own limits (they win over the server's defaults); prints them
     /// as JSON.
@@ -365,12 +392,13 @@ async fn run_command(
                     api_key,
                     quota,
                     server_url,
+                    host,
                 },
         } => {
             let server = Server::open(admin, Config::default()).await?;
             let key = server
                 .accounts()
-                .create_user(&name, api_key.as_deref())
+                .create_user_on(&name, api_key.as_deref(), host.as_deref())
                 .await?;
             if quota > 0 {
                 server.accounts().set_quota(&name, quota).await?;
@@ -384,6 +412,20 @@ async fn run_command(
             Ok(())
         }
         Command::Key { command } => run_key_command(command, admin).await,
+        Command::Host { command } => {
+            let server = Server::open(admin, Config::default()).await?;
+            let hosts = server.accounts().hosts();
+            match command {
+                HostCommand::Add { name, url } => {
+                    hosts.add(&name, &url).await?;
+                    println!("{}", serde_json::json!({ "host": name, "added": true }));
+                }
+                HostCommand::List => {
+                    println!("{}", serde_json::to_string(&hosts.list().await?)?);
+                }
+            }
+            Ok(())
+        }
         Command::User {
             command:
                 UserCommand::Limits {

@@ -36,19 +36,36 @@ fn start_cluster() -> Result<tokio_postgres::Config, String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    runtime.block_on(async {
-        let dir = std::env::temp_dir().join(format!("carto-rs-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut options = EmbeddedOptions::new(&dir);
-        options.unsafe_fast = true;
-        let mut cluster = EmbeddedCluster::start(&options)
-            .await
-            .map_err(|e| format!("{e:#}"))?;
-        cluster
-            .stop_after_exit_of(std::process::id(), &[dir.as_path()])
-            .map_err(|e| format!("{e:#}"))?;
-        Ok(cluster.superuser_config())
-    })
+    runtime.block_on(async { Ok(throwaway_cluster("test").await?.superuser_config()) })
+}
+
+/// A cluster with `fsync` off in a fresh temp directory named after `name`, stopped and removed
+/// once this process has exited.
+async fn throwaway_cluster(name: &str) -> Result<EmbeddedCluster, String> {
+    let dir = std::env::temp_dir().join(format!("carto-rs-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut options = EmbeddedOptions::new(&dir);
+    options.unsafe_fast = true;
+    let mut cluster = EmbeddedCluster::start(&options)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    cluster
+        .stop_after_exit_of(std::process::id(), &[dir.as_path()])
+        .map_err(|e| format!("{e:#}"))?;
+    Ok(cluster)
+}
+
+/// Starts another throwaway cluster (for a second database host), stopped and removed once
+/// the test process has exited; returns it and its superuser URL.
+///
+/// # Panics
+/// If the cluster cannot be started.
+pub async fn start_extra_cluster(name: &str) -> (EmbeddedCluster, String) {
+    let cluster = throwaway_cluster(name)
+        .await
+        .unwrap_or_else(|e| panic!("starting cluster {name}: {e}"));
+    let url = cluster.superuser_url();
+    (cluster, url)
 }
 
 /// A server running in this process on `127.0.0.1`, on a port of its own.
@@ -105,13 +122,19 @@ impl TestServer {
         &self.server
     }
 
-    /// Creates a user with a fresh name and a random master key.
+    /// Creates a user with a fresh name and a random master key, on the default host (a test
+    /// registering another host must not draw other tests' users there).
     pub async fn create_user(&self) -> TestUser {
+        self.create_user_on(crate::hosts::DEFAULT_HOST).await
+    }
+
+    /// Creates a user with a fresh name and a random master key on database host `host`.
+    pub async fn create_user_on(&self, host: &str) -> TestUser {
         let name = format!("u{}", NEXT_USER.fetch_add(1, Ordering::SeqCst));
         let api_key = self
             .server
             .accounts()
-            .create_user(&name, None)
+            .create_user_on(&name, None, Some(host))
             .await
             .expect("creating a test user");
         TestUser { name, api_key }

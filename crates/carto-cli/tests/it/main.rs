@@ -9,3 +9,4 @@ mod parts;
 mod sql;
 mod support;
 mod transfer;
+mod transfer_hosts;

@@ -205,7 +205,8 @@ impl Accounts {
             invalid!("user '{username}' already has a key with that name or token");
         }
 
-        let admin = connect(&self.admin).await?;
+        let user_db_admin = self.user_admin(&user).await?;
+        let admin = connect(&user_db_admin).await?;
         let password = random_token(32);
         let steps = async {
             admin
@@ -217,9 +218,7 @@ impl Accounts {
                     db = quote_ident(&user.database),
                 ))
                 .await?;
-            let mut config = self.admin.clone();
-            config.dbname(&user.database);
-            let mut user_db = connect(&config).await?;
+            let mut user_db = connect(&user_db_admin).await?;
             // One transaction: a missing table leaves no half-granted role behind.
             let tx = user_db.transaction().await?;
             tx.batch_execute(&format!(
@@ -288,7 +287,7 @@ impl Accounts {
             Ok::<_, crate::error::ApiError>(())
         };
         if let Err(error) = steps.await {
-            let _ = drop_key_role(&self.admin, &user.database, &role).await;
+            let _ = drop_key_role(&user_db_admin, &role).await;
             return Err(error.context(format!("creating a key for '{username}'")));
         }
         Ok(NewKey {
@@ -341,14 +340,13 @@ impl Accounts {
             .await?
             .or_invalid(|| format!("user '{username}' has no regular key '{key}'"))?;
         let role: String = row.get(0);
-        drop_key_role(&self.admin, &user.database, &role).await
+        drop_key_role(&self.user_admin(&user).await?, &role).await
     }
 }
 
-async fn drop_key_role(admin: &tokio_postgres::Config, database: &str, role: &str) -> Result<()> {
-    let mut config = admin.clone();
-    config.dbname(database);
-    let user_db = connect(&config).await?;
+/// Drops `role` and what it owns; `user_db_admin` reaches its user's database as the superuser.
+async fn drop_key_role(user_db_admin: &tokio_postgres::Config, role: &str) -> Result<()> {
+    let user_db = connect(user_db_admin).await?;
     let exists = user_db
         .query_opt(
             "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) $1",
@@ -362,18 +360,17 @@ async fn drop_key_role(admin: &tokio_postgres::Config, database: &str, role: &st
     user_db
         .batch_execute(&format!("DROP OWNED BY {}", quote_ident(role)))
         .await?;
-    let server = connect(admin).await?;
-    server
+    user_db
         .execute(
             "SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity \
              WHERE usename OPERATOR(pg_catalog.=) $1",
             &[&role],
         )
         .await?;
-    server
+    user_db
         .batch_execute(&format!(
             "REVOKE ALL ON DATABASE {} FROM {role}; DROP ROLE {role}",
-            quote_ident(database),
+            quote_ident(user_db_admin.get_dbname().unwrap_or_default()),
             role = quote_ident(role)
         ))
         .await?;

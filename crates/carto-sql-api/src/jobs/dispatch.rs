@@ -66,7 +66,7 @@ impl Drop for OwnedConnection {
 }
 
 pub(super) fn meta_config(inner: &Inner) -> tokio_postgres::Config {
-    let mut config = crate::db::private_database(&inner.admin, META_DB);
+    let mut config = crate::db::private_database(inner.hosts.default_admin(), META_DB);
     config.application_name("carto-sql-api batch");
     config
 }

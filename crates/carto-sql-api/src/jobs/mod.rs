@@ -220,7 +220,8 @@ pub struct Jobs {
 
 struct Inner {
     meta: deadpool_postgres::Pool,
-    admin: tokio_postgres::Config,
+    /// Where each user's database is, and its superuser (to prepare, recover and cancel).
+    hosts: crate::hosts::Hosts,
     config: BatchConfig,
     /// Wakes this server's dispatcher when a job is queued here.
     wake: Notify,
@@ -238,13 +239,13 @@ fn not_found(id: &str) -> ApiError {
 impl Jobs {
     pub(crate) fn new(
         meta: deadpool_postgres::Pool,
-        admin: tokio_postgres::Config,
+        hosts: crate::hosts::Hosts,
         config: BatchConfig,
     ) -> Self {
         Jobs {
             inner: Arc::new(Inner {
                 meta,
-                admin,
+                hosts,
                 config,
                 wake: Notify::new(),
                 shutdown: CancellationToken::new(),
@@ -397,7 +398,11 @@ impl Jobs {
         tx.commit().await?;
         if was == Status::Running {
             // The worker also notices within its poll interval; this makes it immediate.
-            if let Err(error) = cancel_backend(&self.inner.admin, &user.database, id).await {
+            let cancelled = async {
+                let admin = self.inner.hosts.admin(user.host.as_deref()).await?;
+                cancel_backend(&admin, &user.database, id).await
+            };
+            if let Err(error) = cancelled.await {
                 tracing::warn!(%error, job = id, "cancelling a running batch query");
             }
         }

@@ -63,7 +63,7 @@ pub(super) async fn sweep(inner: &Inner) -> Result<()> {
                 &[&username],
             )
             .await?;
-        let mut admin_db = inner.admin.clone();
+        let mut admin_db = inner.hosts.admin_of_user(&username).await?;
         admin_db.dbname(&database);
         let user_db = crate::db::connect(&admin_db).await?;
         for row in rows {

@@ -64,7 +64,7 @@ pub(super) async fn run_job(jobs: &Jobs, lock: &OwnedConnection, mut job: JobRow
     let row = lock
         .client
         .query_opt(
-            "SELECT u.database, k.db_password, l.timeout_ms FROM users u \
+            "SELECT u.database, k.db_password, l.timeout_ms, u.host FROM users u \
              LEFT JOIN api_keys k ON k.username = u.username AND k.db_role = $2 \
              LEFT JOIN batch_limits l ON l.username = u.username WHERE u.username = $1",
             &[&job.username, &job.db_role],
@@ -87,14 +87,21 @@ pub(super) async fn run_job(jobs: &Jobs, lock: &OwnedConnection, mut job: JobRow
         )
         .await;
     };
-    let mut config = crate::db::role_address(&inner.admin);
+    let host_admin = match inner.hosts.admin(row.get::<_, Option<&str>>(3)).await {
+        Ok(admin) => admin,
+        Err(error) => {
+            let reason = format!("Could not find the user's database host: {error}");
+            return fail_whole_job(lock, &mut job, &reason).await;
+        }
+    };
+    let mut config = crate::db::role_address(&host_admin);
     config
         .user(&job.db_role)
         .password(&password)
         .dbname(&database)
         .application_name("carto-sql-api batch");
     // The marker table, and the role's right to write it.
-    let mut admin_db = inner.admin.clone();
+    let mut admin_db = host_admin.clone();
     admin_db.dbname(&database);
     let prepared = async {
         let admin = crate::db::connect(&admin_db).await?;
@@ -110,7 +117,7 @@ pub(super) async fn run_job(jobs: &Jobs, lock: &OwnedConnection, mut job: JobRow
         let reason = format!("Could not prepare the database: {}", message(&error));
         return fail_whole_job(lock, &mut job, &reason).await;
     }
-    let conn = match OwnedConnection::open_as_role(&inner.admin, &config).await {
+    let conn = match OwnedConnection::open_as_role(&host_admin, &config).await {
         Ok(conn) => conn,
         Err(error) => {
             let reason = format!("Could not connect to the database: {}", message(&error));

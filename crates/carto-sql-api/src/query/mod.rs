@@ -307,7 +307,7 @@ pub async fn answer(
     if let Ok(value) = HeaderValue::from_str(&options.cache_control()) {
         headers.insert(header::CACHE_CONTROL, value);
     }
-    if let Ok(value) = HeaderValue::from_str(&pools.host_label()) {
+    if let Ok(value) = HeaderValue::from_str(&pools.host_label(&caller.key.login).await) {
         headers.insert("x-served-by-db-host", value);
     }
     if let Ok(value) =
