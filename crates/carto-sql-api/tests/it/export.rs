@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use carto_sql_api::testing::{TestServer, TestUser};
@@ -12,6 +12,7 @@ use carto_sql_api::Config;
 use reqwest::Response;
 use serde_json::Value;
 
+use crate::cli::{carto_sql_api, first_answer, terminate};
 use crate::support::{error_of, http};
 
 /// Integers, reals, text with CSV-special characters, dates, points, a polygon and a NULL
@@ -444,5 +445,39 @@ async fn a_client_that_disconnects_stops_ogr2ogr_and_leaves_no_file() {
     assert!(
         eventually(|| is_empty(temp.path())).await,
         "temporary files left"
+    );
+}
+
+#[tokio::test]
+async fn the_binary_warns_at_startup_when_ogr2ogr_is_missing() {
+    // A data dir of its own: the real binary starts its own embedded cluster.
+    let dir = tempfile::Builder::new()
+        .prefix("carto-export-test")
+        .tempdir()
+        .unwrap();
+    let log_path = dir.path().join("serve.log");
+    let listen = crate::support::free_local_addr();
+    let mut serve = carto_sql_api(
+        &dir.path().join("data"),
+        &[
+            "serve",
+            "--listen",
+            &listen,
+            "--ogr2ogr",
+            "/nonexistent/ogr2ogr",
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&log_path).unwrap())
+    .spawn()
+    .unwrap();
+    first_answer(&format!("http://{listen}/api/v1/version")).await;
+    terminate(&mut serve);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains(
+            "GDAL's ogr2ogr is missing: /sql formats shp, kml, gpkg and spatialite will be refused"
+        ),
+        "{log}"
     );
 }
