@@ -318,12 +318,18 @@ pub async fn answer(
     let plan = options.plan(caller, config.query_timeout)?;
     let mut response = if options.format.is_file() {
         let client = pools.get(&caller.key).await?;
-        // The layer name reaches ogr2ogr, so it keeps only characters no driver or option
-        // parser treats specially.
+        // The layer name reaches ogr2ogr (as the value of -nln, so a leading `-` is no
+        // option), so it keeps only characters no driver treats specially.
         let layer: String = options
             .download_name()
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         export::answer(client, plan, options.format, &layer, &config.exports).await?
     } else {

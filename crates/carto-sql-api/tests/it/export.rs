@@ -210,6 +210,39 @@ async fn every_format_reads_back_with_its_rows_types_geometries_and_srs() {
 }
 
 #[tokio::test]
+async fn without_a_filename_the_download_and_layer_are_cartodb_query() {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    let dir = tempfile::tempdir().unwrap();
+    let response = export(
+        &server,
+        &user,
+        &[
+            ("q", "SELECT 'POINT(1 2)'::geometry AS the_geom"),
+            ("format", "shp"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let disposition = response.headers()["content-disposition"].to_str().unwrap();
+    assert!(
+        disposition.starts_with("attachment; filename=cartodb-query.zip;"),
+        "{disposition}"
+    );
+    let path = dir.path().join("answer.zip");
+    save(response, &path).await;
+    let members = run("unzip", &["-Z1", path.to_str().unwrap()]);
+    assert!(
+        members.lines().any(|m| m == "cartodb-query.shp"),
+        "{members}"
+    );
+    // A single column: GDAL before 3.7 cannot read such a CSV spool without help.
+    let rows = read_rows(&format!("/vsizip/{}", path.display()));
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["WKT"], "POINT (1 2)");
+}
+
+#[tokio::test]
 async fn integers_beyond_32_bits_booleans_and_timestamps_keep_their_types() {
     let server = TestServer::start().await;
     let user = server.create_user().await;
