@@ -36,6 +36,7 @@ pub mod http_server;
 pub mod jobs;
 pub mod limits;
 pub(crate) mod query;
+pub use query::export::Exports;
 mod routes;
 pub(crate) mod sql_text;
 #[cfg(feature = "testing")]
@@ -91,6 +92,9 @@ pub struct Config {
     /// Default `None`: no limit of its own (a user's quota and `copy_timeout` still apply, and
     /// memory stays bounded whatever the ratio, since bodies are streamed).
     pub max_copy_decompressed: Option<u64>,
+    /// `/sql` file formats written by `ogr2ogr` (shp, kml, gpkg, spatialite): size cap,
+    /// concurrent exports, temporary directory, program.
+    pub exports: query::export::Exports,
 }
 
 impl Default for Config {
@@ -108,6 +112,7 @@ impl Default for Config {
             batch: jobs::BatchConfig::default(),
             connections: http_server::ConnectionLimits::default(),
             max_copy_decompressed: None,
+            exports: query::export::Exports::default(),
         }
     }
 }

@@ -15,7 +15,7 @@ use carto_sql_api::embedded::{EmbeddedCluster, EmbeddedOptions};
 use carto_sql_api::http_server::{serve, ConnectionLimits};
 use carto_sql_api::jobs::BatchConfig;
 use carto_sql_api::limits::{Group, GroupRate};
-use carto_sql_api::{timeouts, Config, Server};
+use carto_sql_api::{timeouts, Config, Exports, Server};
 use clap::{Parser, Subcommand};
 
 /// A CARTO-compatible SQL API server (COPY FROM/TO and SQL) on PostgreSQL + PostGIS.
@@ -82,6 +82,8 @@ enum Command {
         batch_workers: usize,
         #[command(flatten)]
         edge: EdgeArgs,
+        #[command(flatten)]
+        exports: ExportArgs,
     },
     /// Manage users.
     User {
@@ -143,6 +145,35 @@ struct EdgeArgs {
     /// Largest COPY FROM body once gunzipped, in bytes (default: no limit of its own).
     #[arg(long, value_name = "BYTES")]
     max_copy_decompressed: Option<u64>,
+}
+
+/// `serve` flags of the /sql formats written by ogr2ogr (shp, kml, gpkg, spatialite).
+#[derive(clap::Args, Debug)]
+struct ExportArgs {
+    /// Largest shp/kml/gpkg/spatialite export, in bytes, both the spooled rows and the file;
+    /// larger ones are answered 413.
+    #[arg(long, value_name = "BYTES", default_value_t = Exports::default().max_size)]
+    max_export_size: u64,
+    /// Exports converted at once; more are answered 429 with Retry-After.
+    #[arg(long, default_value_t = Exports::default().max_concurrent)]
+    max_concurrent_exports: usize,
+    /// Directory for the exports' private temporary directories (default: the system's).
+    #[arg(long, value_name = "DIR")]
+    export_temp_dir: Option<PathBuf>,
+    /// The GDAL ogr2ogr program.
+    #[arg(long, value_name = "PATH", default_value = "ogr2ogr")]
+    ogr2ogr: PathBuf,
+}
+
+impl ExportArgs {
+    fn settings(&self) -> Exports {
+        let mut exports = Exports::default();
+        exports.max_size = self.max_export_size;
+        exports.max_concurrent = self.max_concurrent_exports;
+        exports.temp_dir = self.export_temp_dir.clone();
+        exports.ogr2ogr = self.ogr2ogr.clone();
+        exports
+    }
 }
 
 impl EdgeArgs {
@@ -345,6 +376,7 @@ async fn run_command(
             batch_query_timeout_ms,
             batch_workers,
             edge,
+            exports,
         } => {
             let mut config = Config {
                 max_post_size,
@@ -360,8 +392,11 @@ async fn run_command(
                 },
                 connections: edge.connection_limits(),
                 max_copy_decompressed: edge.max_copy_decompressed,
+                exports: exports.settings(),
                 ..Config::default()
             };
+            // Says once, at startup, when the ogr2ogr formats cannot work.
+            config.exports.ogr2ogr_available().await;
             connections.apply(&mut config);
             let limits = config.connections.clone();
             let server = Server::open(admin, config).await?;

@@ -316,7 +316,7 @@ async fn sql(
         Ok(CallerWith(caller, params)) => {
             let answer = async {
                 let options = query::Options::parse(&params.0, callback.clone())?;
-                query::answer(&state.pools, &caller, &options, state.config.query_timeout).await
+                query::answer(&state.pools, &caller, &options, &state.config).await
             }
             .await;
             (Some(caller), answer)

@@ -273,11 +273,41 @@ impl Csv {
     }
 
     fn write_record<'a>(&self, fields: impl Iterator<Item = &'a [u8]>, out: &mut Vec<u8>) {
-        // The csv writer keeps its own buffer; writing into a Vec cannot fail.
-        let mut writer = self.builder.from_writer(out);
-        let _ = writer.write_record(fields);
-        let _ = writer.flush();
+        write_csv_record(&self.builder, fields, out);
     }
+}
+
+/// Appends one CSV record to `out`.
+pub(crate) fn write_csv_record<'a>(
+    builder: &csv::WriterBuilder,
+    fields: impl Iterator<Item = &'a [u8]>,
+    out: &mut Vec<u8>,
+) {
+    // The csv writer keeps its own buffer; writing into a Vec cannot fail.
+    let mut writer = builder.from_writer(out);
+    let _ = writer.write_record(fields);
+    let _ = writer.flush();
+}
+
+/// The CSV fields of `row` in `order`: PostgreSQL's text, NULL as empty, and booleans as
+/// `booleans` spells true and false rather than the wire's `t`/`f`.
+pub(crate) fn csv_fields<'a>(
+    columns: &[Column],
+    row: &'a SimpleQueryRow,
+    order: &[usize],
+    booleans: [&'static [u8]; 2],
+) -> Vec<&'a [u8]> {
+    order
+        .iter()
+        .map(|i| {
+            let text = row.try_get(*i).ok().flatten().unwrap_or("");
+            match (&columns[*i].kind, text) {
+                (ValueKind::Bool, "t") => booleans[0],
+                (ValueKind::Bool, "f") => booleans[1],
+                _ => text.as_bytes(),
+            }
+        })
+        .collect()
 }
 
 impl Default for Csv {
@@ -305,19 +335,8 @@ impl Encoder for Csv {
     }
 
     fn row(&mut self, columns: &[Column], row: &SimpleQueryRow, out: &mut Vec<u8>) {
-        let values: Vec<&[u8]> = self
-            .order
-            .iter()
-            .map(|i| {
-                let text = row.try_get(*i).ok().flatten().unwrap_or("");
-                // Booleans as `::text` spells them, not the wire's `t`/`f`.
-                match (&columns[*i].kind, text) {
-                    (ValueKind::Bool, "t") => b"true".as_slice(),
-                    (ValueKind::Bool, "f") => b"false".as_slice(),
-                    _ => text.as_bytes(),
-                }
-            })
-            .collect();
+        // Booleans as `::text` spells them.
+        let values = csv_fields(columns, row, &self.order, [b"true", b"false"]);
         self.write_record(values.into_iter(), out);
     }
 

@@ -6,6 +6,7 @@
 //! PostgreSQL produces them, never collected (see [`exec`]).
 
 pub mod exec;
+pub mod export;
 pub mod format;
 pub mod guard;
 pub mod values;
@@ -33,18 +34,18 @@ pub enum Format {
     GeoJson,
     /// CSV with a header row.
     Csv,
+    /// A zipped shapefile set (`.shp`, `.shx`, `.dbf`, `.prj`), written by `ogr2ogr`.
+    Shp,
+    /// KML, written by `ogr2ogr`.
+    Kml,
+    /// A GeoPackage, written by `ogr2ogr`.
+    Gpkg,
+    /// A SpatiaLite database, written by `ogr2ogr`.
+    Spatialite,
 }
 
-/// Formats CARTO knows but this server does not write (upstream shells out to `ogr2ogr`).
-const UNSUPPORTED_FORMATS: [&str; 7] = [
-    "topojson",
-    "svg",
-    "kml",
-    "shp",
-    "gpkg",
-    "spatialite",
-    "arraybuffer",
-];
+/// Formats CARTO knows but this server does not write.
+const UNSUPPORTED_FORMATS: [&str; 3] = ["topojson", "svg", "arraybuffer"];
 
 impl Format {
     /// Parses a `format` parameter (case-insensitive).
@@ -54,8 +55,12 @@ impl Format {
             "json" => Ok(Format::Json),
             "geojson" => Ok(Format::GeoJson),
             "csv" => Ok(Format::Csv),
+            "shp" => Ok(Format::Shp),
+            "kml" => Ok(Format::Kml),
+            "gpkg" => Ok(Format::Gpkg),
+            "spatialite" => Ok(Format::Spatialite),
             known if UNSUPPORTED_FORMATS.contains(&known) => Err(ApiError::bad_request(format!(
-                "Format {known} is not supported by this server: use json, geojson or csv"
+                "Format {known} is not supported by this server: use json, geojson, csv, shp, kml, gpkg or spatialite"
             ))),
             _ => Err(ApiError::bad_request(format!("Invalid format: {lower}"))),
         }
@@ -66,13 +71,37 @@ impl Format {
             Format::Json => "json",
             Format::GeoJson => "geojson",
             Format::Csv => "csv",
+            Format::Shp => "shp",
+            Format::Kml => "kml",
+            Format::Gpkg => "gpkg",
+            Format::Spatialite => "spatialite",
         }
+    }
+
+    /// The download's extension (spec §4.3).
+    fn extension(self) -> &'static str {
+        match self {
+            Format::Shp => "zip",
+            Format::Spatialite => "sqlite",
+            other => other.id(),
+        }
+    }
+
+    /// Whether `ogr2ogr` writes the format (see [`export`]).
+    fn is_file(self) -> bool {
+        matches!(
+            self,
+            Format::Shp | Format::Kml | Format::Gpkg | Format::Spatialite
+        )
     }
 
     fn content_type(self) -> &'static str {
         match self {
             Format::Json | Format::GeoJson => "application/json; charset=utf-8",
             Format::Csv => "text/csv; charset=utf-8; header=present",
+            Format::Shp => "application/zip; charset=utf-8",
+            Format::Kml => "application/kml; charset=utf-8",
+            Format::Gpkg | Format::Spatialite => "application/x-sqlite3; charset=utf-8",
         }
     }
 }
@@ -239,6 +268,15 @@ impl Options {
         })
     }
 
+    /// The download's name without extension (spec §4.3).
+    fn download_name(&self) -> String {
+        self.filename
+            .as_deref()
+            .map(download_name)
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "cartodb-query".into())
+    }
+
     /// `Content-Disposition` (spec §4.3).
     fn content_disposition(&self) -> String {
         let kind = if self.format_given || self.filename.is_some() {
@@ -246,16 +284,11 @@ impl Options {
         } else {
             "inline"
         };
-        let name = self
-            .filename
-            .as_deref()
-            .map(download_name)
-            .filter(|n| !n.is_empty())
-            .unwrap_or_else(|| "cartodb-query".into());
+        let name = self.download_name();
         let now = Utc::now().format("%a, %d %b %Y %H:%M:%S GMT");
         format!(
             "{kind}; filename={name}.{}; modification-date=\"{now}\";",
-            self.format.id()
+            self.format.extension()
         )
     }
 
@@ -280,22 +313,40 @@ pub async fn answer(
     pools: &Pools,
     caller: &Caller,
     options: &Options,
-    statement_timeout: Option<Duration>,
+    config: &crate::Config,
 ) -> Result<Response, ApiError> {
-    let plan = options.plan(caller, statement_timeout)?;
-    let encoder: Box<dyn format::Encoder> = match options.format {
-        Format::Json => Box::new(format::Json::new(options.callback.clone())),
-        Format::GeoJson => Box::new(format::GeoJson::new(options.callback.clone())),
-        Format::Csv => Box::new(format::Csv::new()),
+    let plan = options.plan(caller, config.query_timeout)?;
+    let mut response = if options.format.is_file() {
+        let client = pools.get(&caller.key).await?;
+        // The layer name reaches ogr2ogr (as the value of -nln, so a leading `-` is no
+        // option), so it keeps only characters no driver treats specially.
+        let layer: String = options
+            .download_name()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        export::answer(client, plan, options.format, &layer, &config.exports).await?
+    } else {
+        let encoder: Box<dyn format::Encoder> = match options.format {
+            Format::Json => Box::new(format::Json::new(options.callback.clone())),
+            Format::GeoJson => Box::new(format::GeoJson::new(options.callback.clone())),
+            _ => Box::new(format::Csv::new()),
+        };
+        let client = pools.get(&caller.key).await?;
+        // Only the JSON document reports server messages.
+        let notices = match options.format {
+            Format::Json => Some(pools.notices(&client, MAX_NOTICES).await?),
+            _ => None,
+        };
+        let stream = exec::start(client, plan, encoder, notices).await?;
+        Response::new(Body::from_stream(stream))
     };
-    let client = pools.get(&caller.key).await?;
-    // Only the JSON document reports server messages.
-    let notices = match options.format {
-        Format::Json => Some(pools.notices(&client, MAX_NOTICES).await?),
-        _ => None,
-    };
-    let stream = exec::start(client, plan, encoder, notices).await?;
-    let mut response = Response::new(Body::from_stream(stream));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -372,6 +423,9 @@ mod tests {
             Format::parse("Unknown").err().map(|e| e.message()),
             Some("Invalid format: unknown".to_string())
         );
+        assert_eq!(Format::parse("SHP").ok(), Some(Format::Shp));
+        assert_eq!(Format::Spatialite.extension(), "sqlite");
+        assert_eq!(Format::Shp.extension(), "zip");
         assert!(Format::parse("svg")
             .err()
             .is_some_and(|e| e.message().contains("not supported")));

@@ -5,6 +5,7 @@ mod cartodb;
 mod cli;
 mod copy_from;
 mod copy_to;
+mod export;
 mod hosts;
 mod identity;
 mod jobs;
