@@ -295,6 +295,10 @@ pub struct SqlArgs {
     /// projection, hidden by default).
     #[arg(long)]
     pub all_columns: bool,
+    /// Write the answer into FILE (through a temporary file renamed when complete, so a
+    /// failure leaves nothing under this name) instead of printing it.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 /// `/sql` answer formats.
@@ -308,6 +312,44 @@ pub enum SqlFormat {
     Csv,
     /// A GeoJSON FeatureCollection (from the `the_geom` column).
     Geojson,
+    /// A TopoJSON topology.
+    Topojson,
+    /// An SVG image of the geometries.
+    Svg,
+    /// KML, for Google Earth.
+    Kml,
+    /// An ESRI Shapefile set (.shp, .shx, .dbf, .prj) in a zip file.
+    Shp,
+    /// A GeoPackage (SQLite) file.
+    Gpkg,
+    /// A SpatiaLite (SQLite) file.
+    Spatialite,
+}
+
+impl SqlFormat {
+    /// The server's name for the format.
+    pub fn name(self) -> &'static str {
+        match self {
+            SqlFormat::Table => "table",
+            SqlFormat::Json => "json",
+            SqlFormat::Csv => "csv",
+            SqlFormat::Geojson => "geojson",
+            SqlFormat::Topojson => "topojson",
+            SqlFormat::Svg => "svg",
+            SqlFormat::Kml => "kml",
+            SqlFormat::Shp => "shp",
+            SqlFormat::Gpkg => "gpkg",
+            SqlFormat::Spatialite => "spatialite",
+        }
+    }
+
+    /// Whether the answer is a binary file, which would garble a terminal.
+    pub fn is_binary(self) -> bool {
+        matches!(
+            self,
+            SqlFormat::Shp | SqlFormat::Gpkg | SqlFormat::Spatialite
+        )
+    }
 }
 
 /// `carto batch`

@@ -71,6 +71,7 @@ pub mod blocking;
 mod client;
 pub mod copy;
 pub mod credentials;
+mod download;
 pub mod error;
 pub mod progress;
 pub mod retry;

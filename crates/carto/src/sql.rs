@@ -1,5 +1,6 @@
 //! The `/sql` endpoint: run statements, get rows.
 
+use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -8,8 +9,10 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use tokio::io::AsyncWriteExt;
 
 use crate::client::Client;
+use crate::download::{temp_path, Undo, UndoAction};
 use crate::error::{ApiErrorBody, Error, Result};
 
 /// Statements this long or longer go in a POST body, shorter ones in a GET query string,
@@ -195,6 +198,29 @@ impl SqlRequest {
         }
         serde_json::from_value(value)
             .map_err(|e| Error::decode(format!("cannot read the rows: {e}")).with_source(e))
+    }
+
+    /// Sends the request and writes the answer's body into `path` (e.g. `Format::Other("shp")`
+    /// into `cities.zip`); the bytes written. The body goes into a hidden temporary file next
+    /// to `path`, renamed over it once complete: an error answer, a failed transfer or a
+    /// dropped future leaves `path` as it was.
+    pub async fn to_file(self, path: impl AsRef<Path>) -> Result<u64> {
+        let path = path.as_ref();
+        let mut body = self.bytes_stream().await?;
+        let temp = temp_path(path);
+        let mut undo = Undo(Some(UndoAction::Remove(temp.clone())));
+        let mut file = tokio::fs::File::create(&temp).await?;
+        let mut written = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk?;
+            file.write_all(&chunk).await?;
+            written += chunk.len() as u64;
+        }
+        file.sync_all().await?;
+        drop(file);
+        tokio::fs::rename(&temp, path).await?;
+        undo.disarm();
+        Ok(written)
     }
 
     /// Sends the request and returns the answer's body as it arrives, whatever its format

@@ -3,36 +3,63 @@
 
 use std::io::IsTerminal;
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use futures::StreamExt;
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 use super::client;
 use crate::args::{Global, SqlArgs, SqlFormat};
 use crate::ewkb::hex_to_wkt;
-use crate::output::Output;
+use crate::output::{bytes, Output};
 
 /// A column CARTO tables carry beside the_geom, only useful to map renderers.
 const WEBMERCATOR: &str = "the_geom_webmercator";
 
 pub async fn run(global: &Global, output: Output, args: SqlArgs) -> Result<()> {
-    let format = args.format.unwrap_or(if std::io::stdout().is_terminal() {
+    let to_terminal = args.output.is_none() && std::io::stdout().is_terminal();
+    let format = args.format.unwrap_or(if to_terminal {
         SqlFormat::Table
     } else {
         SqlFormat::Json
     });
-    let format = match format {
-        SqlFormat::Table => return table(global, output, &args).await,
-        SqlFormat::Json => carto::Format::Json,
-        SqlFormat::Csv => carto::Format::Csv,
-        SqlFormat::Geojson => carto::Format::GeoJson,
-    };
-    let mut body = client(global)?
+    if format == SqlFormat::Table {
+        if args.output.is_some() {
+            bail!(
+                "--output writes the server's answer: give --format json, csv, geojson, \
+                 topojson, svg, kml, shp, gpkg or spatialite (a table is for the terminal)"
+            );
+        }
+        return table(global, output, &args).await;
+    }
+    if format.is_binary() && to_terminal {
+        bail!(
+            "{} is a binary file: write it with -o FILE (or redirect standard output)",
+            format.name()
+        );
+    }
+    let request = client(global)?
         .sql()
         .request(&args.sql)
-        .format(format)
-        .bytes_stream()
-        .await?;
+        .format(match format {
+            SqlFormat::Json => carto::Format::Json,
+            SqlFormat::Csv => carto::Format::Csv,
+            SqlFormat::Geojson => carto::Format::GeoJson,
+            other => carto::Format::Other(other.name().into()),
+        });
+    if let Some(path) = &args.output {
+        crate::interrupt::on_interrupt(format!("nothing written to {}", path.display()), None);
+        let written = request
+            .to_file(path)
+            .await
+            .with_context(|| format!("writing {} (nothing written)", path.display()))?;
+        output.result(
+            &format!("wrote {} to {}", bytes(written), path.display()),
+            json!({ "file": path, "bytes": written, "format": format.name() }),
+            false,
+        );
+        return Ok(());
+    }
+    let mut body = request.bytes_stream().await?;
     let mut last = b'\n';
     while let Some(chunk) = body.next().await {
         let chunk = chunk?;
@@ -41,7 +68,8 @@ pub async fn run(global: &Global, output: Output, args: SqlArgs) -> Result<()> {
         }
         output.data(&chunk)?;
     }
-    if last != b'\n' {
+    // Text answers end their last line; a binary file is written as it came.
+    if last != b'\n' && !format.is_binary() {
         output.data(b"\n")?;
     }
     Ok(())

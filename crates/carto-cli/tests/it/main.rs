@@ -1,6 +1,7 @@
 //! Integration tests: the real `carto` binary against a real server and PostgreSQL.
 
 mod copy;
+mod export;
 mod import;
 mod import_geojson;
 mod interrupt;

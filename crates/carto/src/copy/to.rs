@@ -12,7 +12,7 @@
 //! `error` member and start at the stream's start, after a `\n`, or (binary format) anywhere.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::CopyClient;
+use crate::download::{temp_path, Undo, UndoAction};
 use crate::error::{ApiErrorBody, Error, Result};
 use crate::progress::{Direction, Tracker};
 use crate::sql::MAX_GET_QUERY_LEN;
@@ -300,57 +301,6 @@ pub(super) async fn to_file(
         undo.disarm();
         Ok(n)
     }
-}
-
-/// What leaves a file as it was before a download into it, done when the download does not
-/// complete: on an error, and also when its future is dropped (a caller's timeout, Ctrl-C),
-/// where no code after an `.await` runs.
-struct Undo(Option<UndoAction>);
-
-enum UndoAction {
-    /// Remove the temporary file.
-    Remove(PathBuf),
-    /// Cut the appended-to file back to its length before the download.
-    Truncate(PathBuf, u64),
-}
-
-impl Undo {
-    /// The download completed: keep the file.
-    fn disarm(&mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for Undo {
-    fn drop(&mut self) {
-        match self.0.take() {
-            Some(UndoAction::Remove(path)) => {
-                let _ = std::fs::remove_file(path);
-            }
-            Some(UndoAction::Truncate(path, len)) => {
-                if let Ok(file) = std::fs::OpenOptions::new().write(true).open(path) {
-                    let _ = file.set_len(len);
-                }
-            }
-            None => {}
-        }
-    }
-}
-
-/// A fresh name next to `path` (same directory, so the rename cannot cross filesystems).
-fn temp_path(path: &Path) -> PathBuf {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "copyto".into());
-    let unique = format!(
-        ".{name}.{}.{}.part",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    );
-    path.with_file_name(unique)
 }
 
 #[cfg(test)]
