@@ -379,6 +379,21 @@ async fn copy_data(
     }
     target.batch_execute("COMMIT").await?;
     source.batch_execute("COMMIT").await?;
+    // A tenant can turn the read-only default off in its own session: counted again outside
+    // the copy's snapshot, a row it added or removed meanwhile fails the move rather than
+    // being lost with the old copy.
+    for table in &tables {
+        let count = format!("SELECT pg_catalog.count(*) FROM {}", table.name);
+        let now: i64 = source.query_one(&count, &[]).await?.get(0);
+        let copied: i64 = target.query_one(&count, &[]).await?.get(0);
+        if now != copied {
+            return Err(ApiError::internal(format!(
+                "table {} changed during the move ({copied} rows copied, {now} now): \
+                 the user stays where it was; try again",
+                table.name
+            )));
+        }
+    }
     Ok((tables.len(), rows))
 }
 

@@ -163,6 +163,43 @@ async fn a_user_moves_between_hosts_and_a_killed_move_leaves_it_whole() {
     assert_eq!(status, 200, "{body}");
     let before = digest(&listen).await;
 
+    // A move failing on the target (a table owned by a role that only host a has, which the
+    // restore cannot give to its owner) drops its partial copy and leaves the user writable on
+    // a, without `--abort`.
+    let mut on_a: tokio_postgres::Config = url_a.parse().unwrap();
+    on_a.dbname("carto_user_alice");
+    let alice_on_a = carto_sql_api::db::connect(&on_a).await.unwrap();
+    alice_on_a
+        .batch_execute(
+            "CREATE ROLE stranger; CREATE TABLE stranger_t (n int); \
+             ALTER TABLE stranger_t OWNER TO stranger",
+        )
+        .await
+        .unwrap();
+    let out = carto_sql_api(dir.path(), &["user", "move", "alice", "--to", "b"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("restoring the schema failed"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains(&url_b), "{}", stderr(&out));
+    assert!(!has_database(&url_b, "carto_user_alice").await);
+    let (status, body) = sql(&listen, "alice", "ka", "INSERT INTO plain (v) VALUES ('y')").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = sql(&listen, "alice", "ka", "DELETE FROM plain WHERE v = 'y'").await;
+    assert_eq!(status, 200, "{body}");
+    // The move ended the sessions of the user's database, this one's too.
+    carto_sql_api::db::connect(&on_a)
+        .await
+        .unwrap()
+        .batch_execute("DROP TABLE stranger_t; DROP ROLE stranger")
+        .await
+        .unwrap();
+    assert_eq!(digest(&listen).await, before);
+
     // A second move completes: placement switched, the old copy gone, everything carried.
     let moved = run_ok(dir.path(), &["user", "move", "alice", "--to", "b"]);
     assert_eq!(moved["from"], "a", "{moved}");
@@ -186,7 +223,7 @@ async fn a_user_moves_between_hosts_and_a_killed_move_leaves_it_whole() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["rows"][0]["id"], 9, "{body}");
+    assert_eq!(body["rows"][0]["id"], 10, "{body}");
     let (status, body) = sql(
         &listen,
         "alice",
