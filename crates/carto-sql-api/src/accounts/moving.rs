@@ -63,18 +63,31 @@ impl Accounts {
         if !locked {
             invalid!("user '{username}' is being moved already");
         }
+        // Another mover may have finished between the look-up and the lock.
+        let user = self.existing(username).await?;
+        if target == user.host {
+            invalid!("user '{username}' is already on host '{to}'");
+        }
         let source_admin = self.hosts.admin(user.host.as_deref()).await?;
         let target_admin = self.hosts.admin(target.as_deref()).await?;
         let source = connect(&source_admin).await?;
         let target_client = connect(&target_admin)
             .await
             .with_context(|| format!("connecting to host '{to}'"))?;
-        let roles = self.roles_of(&user).await?;
-        // Leftovers of an earlier, interrupted move: the user is not on the target, so
-        // whatever of theirs is there is a partial copy.
-        drop_copy(&target_client, &user.database, &roles).await?;
         set_read_only(&source, &user.database, true).await?;
+        // Read once the database is read-only: a key added from now on fails (its grants are
+        // writes), so none is left behind on the source.
+        let roles = match self.roles_of(&user).await {
+            Ok(roles) => roles,
+            Err(error) => {
+                let _ = set_read_only(&source, &user.database, false).await;
+                return Err(error);
+            }
+        };
         let copied = async {
+            // Leftovers of an earlier, interrupted move: the user is not on the target, so
+            // whatever of theirs is there is a partial copy.
+            drop_copy(&target_client, &user.database, &roles).await?;
             create_roles(&source, &target_client, &roles).await?;
             restore_schema(&source_admin, &target_admin, &user.database).await?;
             set_read_only(&target_client, &user.database, false).await?;
@@ -91,8 +104,8 @@ impl Accounts {
         };
         let meta = self.meta.get().await?;
         meta.execute(
-            "UPDATE users SET host = $2 WHERE username = $1",
-            &[&username, &target],
+            "UPDATE users SET host = $2 WHERE username = $1 AND host IS NOT DISTINCT FROM $3",
+            &[&username, &target, &user.host],
         )
         .await
         .context("switching the user's placement")?;
