@@ -97,18 +97,26 @@ impl Accounts {
         let (tables, rows) = match copied {
             Ok(counts) => counts,
             Err(error) => {
-                let _ = drop_copy(&target_client, &user.database, &roles).await;
-                let _ = set_read_only(&source, &user.database, false).await;
+                undo(&source, &target_client, &user.database, &roles).await;
                 return Err(error.context(format!("moving user '{username}' to host '{to}'")));
             }
         };
         let meta = self.meta.get().await?;
-        meta.execute(
-            "UPDATE users SET host = $2 WHERE username = $1 AND host IS NOT DISTINCT FROM $3",
-            &[&username, &target, &user.host],
-        )
-        .await
-        .context("switching the user's placement")?;
+        let switched = meta
+            .execute(
+                "UPDATE users SET host = $2 WHERE username = $1 AND host IS NOT DISTINCT FROM $3",
+                &[&username, &target, &user.host],
+            )
+            .await
+            // Failing here, whether the update took is unknown: both copies stay, the source
+            // read-only, for the operator (`--abort`, or `user move` again).
+            .context("switching the user's placement")?;
+        if switched != 1 {
+            // Not switched (the user was deleted or placed elsewhere meanwhile): the source
+            // stays the truth and the copy goes.
+            undo(&source, &target_client, &user.database, &roles).await;
+            invalid!("user '{username}' changed during the move: not moved");
+        }
         // Switched: the source copy is only a leftover now; failing to drop it loses nothing.
         if let Err(error) = drop_copy(&source, &user.database, &roles).await {
             tracing::warn!(%username, %error, "dropping the moved user's old database");
@@ -199,6 +207,17 @@ async fn set_read_only(
         )
         .await?;
     Ok(())
+}
+
+/// Gives a move up before the switch: drops the target's copy, makes the source writable.
+async fn undo(
+    source: &tokio_postgres::Client,
+    target: &tokio_postgres::Client,
+    database: &str,
+    roles: &[(String, String)],
+) {
+    let _ = drop_copy(target, database, roles).await;
+    let _ = set_read_only(source, database, false).await;
 }
 
 /// Drops `database` and `roles` where `admin` is connected.
