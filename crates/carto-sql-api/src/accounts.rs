@@ -17,8 +17,10 @@ use crate::db::{self, connect, password_literal, quote_ident, RoleLogin};
 use crate::hosts::Hosts;
 
 mod keys;
+mod moving;
 pub use keys::{Grant, KeyInfo, NewKey, TABLE_PRIVILEGES};
 pub(crate) use keys::{SCHEMA as KEYS_SCHEMA, SCHEMA_PRESENT as KEYS_SCHEMA_PRESENT};
+pub use moving::MoveReport;
 
 /// Name of the metadata database.
 pub const META_DB: &str = "carto_meta";

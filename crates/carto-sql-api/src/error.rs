@@ -18,6 +18,14 @@ pub const BUSY_MESSAGE: &str = "You are over platform's limits: too many queries
 pub const UNAVAILABLE_MESSAGE: &str =
     "The database is temporarily unavailable. Please try again in a few seconds.";
 
+/// The message of a write refused because the user's database is being moved to another host
+/// (SQLSTATE 25006, `read_only_sql_transaction`: the database is read-only meanwhile).
+pub const MOVING_MESSAGE: &str =
+    "The account is being moved: it is read-only for now. Try again shortly.";
+
+/// `Retry-After` of a write refused during a move, in seconds.
+const MOVING_RETRY_AFTER: u32 = 10;
+
 /// `Retry-After` of [`ApiError::busy`], in seconds.
 const BUSY_RETRY_AFTER: u32 = 1;
 
@@ -157,6 +165,15 @@ impl Answer {
                 context: Some("limit".into()),
                 detail: Some("datasource".into()),
                 ..Answer::new(StatusCode::TOO_MANY_REQUESTS, TIMEOUT_MESSAGE)
+            };
+        }
+        // A user's database is read-only only while it is moved to another host; a tenant
+        // making its own transaction read-only gets the same answer, and retrying is right
+        // for it too once it stops doing so.
+        if *db.code() == SqlState::READ_ONLY_SQL_TRANSACTION {
+            return Answer {
+                retry_after: Some(MOVING_RETRY_AFTER),
+                ..Answer::new(StatusCode::SERVICE_UNAVAILABLE, MOVING_MESSAGE)
             };
         }
         // The spec's rule, as upstream applies it: a database error whose message says

@@ -269,6 +269,20 @@ enum UserCommand {
         #[arg(long)]
         host: Option<String>,
     },
+    /// Move a user's database, roles and grants to another database host; prints what was
+    /// copied as JSON. The user's database is read-only meanwhile (writes get 503 with
+    /// `Retry-After`); the old copy is dropped only after the switch.
+    Move {
+        /// User name.
+        name: String,
+        /// The host to move to (`default` is the metadata's cluster).
+        #[arg(long, required_unless_present = "abort", conflicts_with = "abort")]
+        to: Option<String>,
+        /// Make the user's database writable again after a move that was killed (the partial
+        /// copy is dropped by the next move).
+        #[arg(long)]
+        abort: bool,
+    },
     /// Show or change a user's own limits (they win over the server's defaults); prints them
     /// as JSON.
     Limits {
@@ -444,6 +458,25 @@ async fn run_command(
                 api_key: key,
             };
             println!("{}", serde_json::to_string(&new_user)?);
+            Ok(())
+        }
+        Command::User {
+            command: UserCommand::Move { name, to, abort },
+        } => {
+            let server = Server::open(admin, Config::default()).await?;
+            match to {
+                Some(to) if !abort => {
+                    let report = server.accounts().move_user(&name, &to).await?;
+                    println!("{}", serde_json::to_string(&report)?);
+                }
+                _ => {
+                    server.accounts().abort_move(&name).await?;
+                    println!(
+                        "{}",
+                        serde_json::json!({ "username": name, "aborted": true })
+                    );
+                }
+            }
             Ok(())
         }
         Command::Key { command } => run_key_command(command, admin).await,

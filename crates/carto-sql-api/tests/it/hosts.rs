@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::cli::{carto_sql_api, first_answer, stderr, terminate};
 
 /// Runs `carto-sql-api --data-dir DIR ARGS`, which must succeed; its stdout as JSON.
-fn run_ok(dir: &Path, args: &[&str]) -> Value {
+pub(crate) fn run_ok(dir: &Path, args: &[&str]) -> Value {
     let out = carto_sql_api(dir, args).output().unwrap();
     assert!(out.status.success(), "{args:?}: {}", stderr(&out));
     serde_json::from_slice(&out.stdout).unwrap()
@@ -27,7 +27,7 @@ fn refused(dir: &Path, args: &[&str]) -> String {
 }
 
 /// Starts `serve` on DIR with `extra` flags; its log goes to `log`.
-fn serve(dir: &Path, log: &Path, extra: &[&str]) -> (std::process::Child, String) {
+pub(crate) fn serve(dir: &Path, log: &Path, extra: &[&str]) -> (std::process::Child, String) {
     let listen = crate::support::free_local_addr();
     let serve = carto_sql_api(dir, &["serve", "--listen", &listen])
         .args(extra)
@@ -39,7 +39,7 @@ fn serve(dir: &Path, log: &Path, extra: &[&str]) -> (std::process::Child, String
 }
 
 /// `/sql` as `user` with `key` on the server at `listen`: status and JSON body.
-async fn sql(listen: &str, user: &str, key: &str, q: &str) -> (u16, Value) {
+pub(crate) async fn sql(listen: &str, user: &str, key: &str, q: &str) -> (u16, Value) {
     let response = reqwest::Client::new()
         .post(format!("http://{listen}/user/{user}/api/v2/sql"))
         .form(&[("q", q), ("api_key", key)])
@@ -54,7 +54,7 @@ async fn sql(listen: &str, user: &str, key: &str, q: &str) -> (u16, Value) {
 }
 
 /// Whether the cluster reached with `url` has a database named `name`.
-async fn has_database(url: &str, name: &str) -> bool {
+pub(crate) async fn has_database(url: &str, name: &str) -> bool {
     let config: tokio_postgres::Config = url.parse().unwrap();
     let client = carto_sql_api::db::connect(&config).await.unwrap();
     client

@@ -19,3 +19,4 @@ mod slow_clients;
 mod sql;
 mod starvation;
 mod support;
+mod user_move;
