@@ -10,6 +10,7 @@ pub mod export;
 pub mod format;
 pub mod guard;
 mod svg;
+mod topojson;
 pub mod values;
 
 use std::time::Duration;
@@ -45,10 +46,12 @@ pub enum Format {
     Spatialite,
     /// An SVG document of the geometries (see [`svg`]).
     Svg,
+    /// A TopoJSON Topology (see [`topojson`]).
+    TopoJson,
 }
 
 /// Formats CARTO knows but this server does not write.
-const UNSUPPORTED_FORMATS: [&str; 2] = ["topojson", "arraybuffer"];
+const UNSUPPORTED_FORMATS: [&str; 1] = ["arraybuffer"];
 
 impl Format {
     /// Parses a `format` parameter (case-insensitive).
@@ -63,8 +66,9 @@ impl Format {
             "gpkg" => Ok(Format::Gpkg),
             "spatialite" => Ok(Format::Spatialite),
             "svg" => Ok(Format::Svg),
+            "topojson" => Ok(Format::TopoJson),
             known if UNSUPPORTED_FORMATS.contains(&known) => Err(ApiError::bad_request(format!(
-                "Format {known} is not supported by this server: use json, geojson, csv, svg, shp, kml, gpkg or spatialite"
+                "Format {known} is not supported by this server: use json, geojson, csv, svg, topojson, shp, kml, gpkg or spatialite"
             ))),
             _ => Err(ApiError::bad_request(format!("Invalid format: {lower}"))),
         }
@@ -80,6 +84,7 @@ impl Format {
             Format::Gpkg => "gpkg",
             Format::Spatialite => "spatialite",
             Format::Svg => "svg",
+            Format::TopoJson => "topojson",
         }
     }
 
@@ -102,7 +107,7 @@ impl Format {
 
     fn content_type(self) -> &'static str {
         match self {
-            Format::Json | Format::GeoJson => "application/json; charset=utf-8",
+            Format::Json | Format::GeoJson | Format::TopoJson => "application/json; charset=utf-8",
             Format::Svg => "image/svg+xml; charset=utf-8",
             Format::Csv => "text/csv; charset=utf-8; header=present",
             Format::Shp => "application/zip; charset=utf-8",
@@ -245,7 +250,7 @@ impl Options {
             last = wrapped;
         }
         match self.format {
-            Format::GeoJson => {
+            Format::GeoJson | Format::TopoJson => {
                 // The geometry comes last, so the encoder finds it whatever the other columns are.
                 last = format!(
                     "SELECT *, ST_AsGeoJSON(the_geom, {}) AS the_geom_geojson FROM ({last}\n) AS cdbq_geojson",
@@ -353,6 +358,9 @@ pub async fn answer(
     } else if options.format == Format::Svg {
         let client = pools.get(&caller.key).await?;
         svg::answer(client, plan, &config.exports).await?
+    } else if options.format == Format::TopoJson {
+        let client = pools.get(&caller.key).await?;
+        topojson::answer(client, plan, &layer(), &config.exports).await?
     } else {
         let encoder: Box<dyn format::Encoder> = match options.format {
             Format::Json => Box::new(format::Json::new(options.callback.clone())),
@@ -448,6 +456,7 @@ mod tests {
         assert_eq!(Format::Spatialite.extension(), "sqlite");
         assert_eq!(Format::Shp.extension(), "zip");
         assert_eq!(Format::parse("SVG").ok(), Some(Format::Svg));
+        assert_eq!(Format::parse("topojson").ok(), Some(Format::TopoJson));
         assert!(Format::parse("arraybuffer")
             .err()
             .is_some_and(|e| e.message().contains("not supported")));
