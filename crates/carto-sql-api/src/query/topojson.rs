@@ -187,3 +187,46 @@ impl Encoder for FeatureLines {
         error.is_none()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_and_rings_become_arcs_numbered_after_earlier_rows() {
+        let mut arcs = Vec::new();
+        let polygon = json!({"type": "MultiPolygon", "coordinates": [
+            [[[0, 0], [1, 0], [1, 1], [0, 0]], [[0.2, 0.2], [0.2, 0.3], [0.3, 0.3], [0.2, 0.2]]],
+            [[[5, 5], [6, 5], [6, 6], [5, 5]]]
+        ]});
+        assert_eq!(
+            topology_geometry(&polygon, 7, &mut arcs),
+            json!({"type": "MultiPolygon", "arcs": [[[7], [8]], [[9]]]})
+        );
+        assert_eq!(
+            arcs[1],
+            json!([[0.2, 0.2], [0.2, 0.3], [0.3, 0.3], [0.2, 0.2]])
+        );
+
+        let mut arcs = Vec::new();
+        let collection = json!({"type": "GeometryCollection", "geometries": [
+            {"type": "Point", "coordinates": [1, 2]},
+            {"type": "LineString", "coordinates": [[0, 0], [1, 1]]},
+            {"type": "MultiLineString", "coordinates": [[[0, 0], [1, 1]], [[2, 2], [3, 3]]]}
+        ]});
+        assert_eq!(
+            topology_geometry(&collection, 0, &mut arcs),
+            json!({"type": "GeometryCollection", "geometries": [
+                {"type": "Point", "coordinates": [1, 2]},
+                {"type": "LineString", "arcs": [0]},
+                {"type": "MultiLineString", "arcs": [[1], [2]]}
+            ]})
+        );
+        assert_eq!(arcs.len(), 3);
+        assert_eq!(
+            topology_geometry(&Value::Null, 3, &mut arcs),
+            json!({"type": null})
+        );
+        assert_eq!(arcs.len(), 3);
+    }
+}
