@@ -15,11 +15,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use axum::body::Body;
 use axum::http::StatusCode;
 use axum::response::Response;
+use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::SimpleQueryRow;
 
 use super::exec::{self, Plan};
@@ -145,31 +146,16 @@ pub async fn answer(
             ),
         ));
     }
-    let Ok(permit) = exports.slots().try_acquire_owned() else {
-        return Err(Answer {
-            context: Some("limit".into()),
-            detail: Some("exports".into()),
-            retry_after: Some(EXPORTS_RETRY_AFTER),
-            ..Answer::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "Too many file exports at once (this server converts {} at a time): try again shortly",
-                    exports.max_concurrent.max(1)
-                ),
-            )
-        }
-        .into());
-    };
-    let mut builder = tempfile::Builder::new();
-    builder.prefix("carto-export-");
-    let dir = match &exports.temp_dir {
-        Some(parent) => builder.tempdir_in(parent),
-        None => builder.tempdir(),
-    }
-    .map_err(|e| ApiError::internal(format!("creating the export directory: {e}")))?;
+    let permit = take_slot(exports)?;
+    let dir = private_dir(exports)?;
     let layout = Arc::new(Mutex::new(Vec::new()));
     let csv = dir.path().join("data.csv");
-    spool(client, plan, &layout, &csv, exports.max_size).await?;
+    let encoder = Box::new(SpoolCsv {
+        layout: layout.clone(),
+        order: Vec::new(),
+        builder: csv_builder(),
+    });
+    spool(client, plan, encoder, &csv, exports.max_size).await?;
     let types = layout
         .lock()
         .map(|l| l.clone())
@@ -181,20 +167,53 @@ pub async fn answer(
     let (driver_args, output_name) = driver(format);
     let output = dir.path().join(output_name);
     convert(exports, driver_args, layer, &csv, &output, types.first()).await?;
-    let size = tokio::fs::metadata(&output)
-        .await
-        .map_err(|e| ApiError::internal(format!("reading the export: {e}")))?
-        .len();
-    if size > exports.max_size {
-        return Err(too_large(exports.max_size));
+    send(vec![Piece::File(output)], dir, permit, exports.max_size).await
+}
+
+/// A part of a document answered from a private directory.
+pub(super) enum Piece {
+    /// Text written by the server.
+    Text(Bytes),
+    /// A file of the directory.
+    File(PathBuf),
+}
+
+/// Answers `pieces` one after the other, with their total as `Content-Length`; a 413 if it is
+/// past `max_size`.
+pub(super) async fn send(
+    pieces: Vec<Piece>,
+    dir: tempfile::TempDir,
+    permit: OwnedSemaphorePermit,
+    max_size: u64,
+) -> Result<Response, ApiError> {
+    let mut size = 0u64;
+    let mut parts = Vec::with_capacity(pieces.len());
+    for piece in pieces {
+        match piece {
+            Piece::Text(text) => {
+                size += text.len() as u64;
+                parts.push(futures::stream::once(async { Ok(text) }).boxed());
+            }
+            Piece::File(path) => {
+                let file = tokio::fs::File::open(&path)
+                    .await
+                    .map_err(|e| ApiError::internal(format!("opening the export: {e}")))?;
+                size += file
+                    .metadata()
+                    .await
+                    .map_err(|e| ApiError::internal(format!("reading the export: {e}")))?
+                    .len();
+                parts.push(tokio_util::io::ReaderStream::new(file).boxed());
+            }
+        }
     }
-    let file = tokio::fs::File::open(&output)
-        .await
-        .map_err(|e| ApiError::internal(format!("opening the export: {e}")))?;
-    // The open file stays readable once its directory is gone, so nothing is left on disk
-    // whatever the client does next; the slot is held until the file has been sent.
+    if size > max_size {
+        return Err(too_large(max_size));
+    }
+    // Open files stay readable once their directory is gone, so nothing is left on disk
+    // whatever the client does next; the slot is held until the last byte has been sent.
     drop(dir);
-    let body = tokio_util::io::ReaderStream::new(file).map(move |chunk| {
+    let body = futures::stream::iter(parts).flatten().map(move |chunk| {
         let _slot = &permit;
         chunk
     });
@@ -207,7 +226,39 @@ pub async fn answer(
     Ok(response)
 }
 
-fn too_large(limit: u64) -> ApiError {
+/// One of [`Exports::max_concurrent`]'s slots, held until the answer's last byte is sent; a
+/// 429 with `Retry-After` when every slot is taken.
+pub(super) fn take_slot(exports: &Exports) -> Result<OwnedSemaphorePermit, ApiError> {
+    exports.slots().try_acquire_owned().map_err(|_| {
+        Answer {
+            context: Some("limit".into()),
+            detail: Some("exports".into()),
+            retry_after: Some(EXPORTS_RETRY_AFTER),
+            ..Answer::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "Too many file exports at once (this server converts {} at a time): try again shortly",
+                    exports.max_concurrent.max(1)
+                ),
+            )
+        }
+        .into()
+    })
+}
+
+/// A private temporary directory under [`Exports::temp_dir`], removed when dropped.
+pub(super) fn private_dir(exports: &Exports) -> Result<tempfile::TempDir, ApiError> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("carto-export-");
+    match &exports.temp_dir {
+        Some(parent) => builder.tempdir_in(parent),
+        None => builder.tempdir(),
+    }
+    .map_err(|e| ApiError::internal(format!("creating the export directory: {e}")))
+}
+
+/// The 413 of an export past [`Exports::max_size`].
+pub(super) fn too_large(limit: u64) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         format!(
@@ -217,19 +268,15 @@ fn too_large(limit: u64) -> ApiError {
     )
 }
 
-/// Writes the rows of `plan`'s last result set to `path` as CSV, stopping past `max_size`.
-async fn spool(
+/// Writes the rows of `plan`'s last result set to `path` as `encoder` writes them, stopping
+/// (and cancelling the query) past `max_size`.
+pub(super) async fn spool(
     client: deadpool_postgres::Object,
     plan: Plan,
-    layout: &Arc<Mutex<Vec<String>>>,
+    encoder: Box<dyn Encoder>,
     path: &Path,
     max_size: u64,
 ) -> Result<(), ApiError> {
-    let encoder = Box::new(SpoolCsv {
-        layout: layout.clone(),
-        order: Vec::new(),
-        builder: csv_builder(),
-    });
     let stream = exec::start(client, plan, encoder, None).await?;
     futures::pin_mut!(stream);
     let file = tokio::fs::File::create(path)

@@ -208,6 +208,30 @@ impl GeoJson {
     }
 }
 
+/// Writes `keys[0]`, the `ST_AsGeoJSON` text of column `geometry` (or `null`), `keys[1]` and
+/// the properties object: every shown column but that one and the source geometry columns.
+pub(crate) fn write_geometry_and_properties(
+    columns: &[Column],
+    row: &SimpleQueryRow,
+    geometry: Option<usize>,
+    keys: [&str; 2],
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(keys[0].as_bytes());
+    match geometry.and_then(|g| row.try_get(g).ok().flatten()) {
+        // ST_AsGeoJSON's text is a JSON object already, on one line.
+        Some(geojson) => out.extend_from_slice(geojson.as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(keys[1].as_bytes());
+    write_object(
+        columns,
+        row,
+        |i, c| !c.skip && Some(i) != geometry && !GEOMETRY_COLUMNS.contains(&c.name.as_str()),
+        out,
+    );
+}
+
 /// Columns that are geometry, never properties.
 const GEOMETRY_COLUMNS: [&str; 2] = ["the_geom", "the_geom_webmercator"];
 
@@ -226,18 +250,12 @@ impl Encoder for GeoJson {
             out.push(b',');
         }
         self.first_row = false;
-        out.extend_from_slice(b"{\"type\":\"Feature\",\"geometry\":");
-        match self.geometry.and_then(|g| row.try_get(g).ok().flatten()) {
-            // ST_AsGeoJSON's text is a JSON object already.
-            Some(geojson) => out.extend_from_slice(geojson.as_bytes()),
-            None => out.extend_from_slice(b"null"),
-        }
-        out.extend_from_slice(b",\"properties\":");
-        let geometry = self.geometry;
-        write_object(
+        out.extend_from_slice(b"{\"type\":\"Feature\",");
+        write_geometry_and_properties(
             columns,
             row,
-            |i, c| !c.skip && Some(i) != geometry && !GEOMETRY_COLUMNS.contains(&c.name.as_str()),
+            self.geometry,
+            ["\"geometry\":", ",\"properties\":"],
             out,
         );
         out.push(b'}');

@@ -9,6 +9,8 @@ pub mod exec;
 pub mod export;
 pub mod format;
 pub mod guard;
+mod svg;
+mod topojson;
 pub mod values;
 
 use std::time::Duration;
@@ -42,10 +44,14 @@ pub enum Format {
     Gpkg,
     /// A SpatiaLite database, written by `ogr2ogr`.
     Spatialite,
+    /// An SVG document of the geometries (see [`svg`]).
+    Svg,
+    /// A TopoJSON Topology (see [`topojson`]).
+    TopoJson,
 }
 
 /// Formats CARTO knows but this server does not write.
-const UNSUPPORTED_FORMATS: [&str; 3] = ["topojson", "svg", "arraybuffer"];
+const UNSUPPORTED_FORMATS: [&str; 1] = ["arraybuffer"];
 
 impl Format {
     /// Parses a `format` parameter (case-insensitive).
@@ -59,8 +65,10 @@ impl Format {
             "kml" => Ok(Format::Kml),
             "gpkg" => Ok(Format::Gpkg),
             "spatialite" => Ok(Format::Spatialite),
+            "svg" => Ok(Format::Svg),
+            "topojson" => Ok(Format::TopoJson),
             known if UNSUPPORTED_FORMATS.contains(&known) => Err(ApiError::bad_request(format!(
-                "Format {known} is not supported by this server: use json, geojson, csv, shp, kml, gpkg or spatialite"
+                "Format {known} is not supported by this server: use json, geojson, csv, svg, topojson, shp, kml, gpkg or spatialite"
             ))),
             _ => Err(ApiError::bad_request(format!("Invalid format: {lower}"))),
         }
@@ -75,6 +83,8 @@ impl Format {
             Format::Kml => "kml",
             Format::Gpkg => "gpkg",
             Format::Spatialite => "spatialite",
+            Format::Svg => "svg",
+            Format::TopoJson => "topojson",
         }
     }
 
@@ -97,7 +107,8 @@ impl Format {
 
     fn content_type(self) -> &'static str {
         match self {
-            Format::Json | Format::GeoJson => "application/json; charset=utf-8",
+            Format::Json | Format::GeoJson | Format::TopoJson => "application/json; charset=utf-8",
+            Format::Svg => "image/svg+xml; charset=utf-8",
             Format::Csv => "text/csv; charset=utf-8; header=present",
             Format::Shp => "application/zip; charset=utf-8",
             Format::Kml => "application/kml; charset=utf-8",
@@ -238,12 +249,22 @@ impl Options {
             }
             last = wrapped;
         }
-        if self.format == Format::GeoJson {
-            // The geometry comes last, so the encoder finds it whatever the other columns are.
-            last = format!(
-                "SELECT *, ST_AsGeoJSON(the_geom, {}) AS the_geom_geojson FROM ({last}\n) AS cdbq_geojson",
-                self.dp
-            );
+        match self.format {
+            Format::GeoJson | Format::TopoJson => {
+                // The geometry comes last, so the encoder finds it whatever the other columns are.
+                last = format!(
+                    "SELECT *, ST_AsGeoJSON(the_geom, {}) AS the_geom_geojson FROM ({last}\n) AS cdbq_geojson",
+                    self.dp
+                );
+            }
+            Format::Svg => {
+                last = format!(
+                    "SELECT ST_AsSVG(the_geom, 0, {}), ST_XMin(the_geom), ST_YMin(the_geom), \
+                     ST_XMax(the_geom), ST_YMax(the_geom) FROM ({last}\n) AS cdbq_svg",
+                    self.dp
+                );
+            }
+            _ => {}
         }
         let every_result_set = self.format == Format::Json;
         let mut planned: Vec<exec::Statement> = earlier
@@ -316,11 +337,10 @@ pub async fn answer(
     config: &crate::Config,
 ) -> Result<Response, ApiError> {
     let plan = options.plan(caller, config.query_timeout)?;
-    let mut response = if options.format.is_file() {
-        let client = pools.get(&caller.key).await?;
-        // The layer name reaches ogr2ogr (as the value of -nln, so a leading `-` is no
-        // option), so it keeps only characters no driver treats specially.
-        let layer: String = options
+    // The layer name reaches ogr2ogr (as the value of -nln, so a leading `-` is no option),
+    // so it keeps only characters no driver treats specially.
+    let layer = || -> String {
+        options
             .download_name()
             .chars()
             .map(|c| {
@@ -330,8 +350,17 @@ pub async fn answer(
                     '_'
                 }
             })
-            .collect();
-        export::answer(client, plan, options.format, &layer, &config.exports).await?
+            .collect()
+    };
+    let mut response = if options.format.is_file() {
+        let client = pools.get(&caller.key).await?;
+        export::answer(client, plan, options.format, &layer(), &config.exports).await?
+    } else if options.format == Format::Svg {
+        let client = pools.get(&caller.key).await?;
+        svg::answer(client, plan, &config.exports).await?
+    } else if options.format == Format::TopoJson {
+        let client = pools.get(&caller.key).await?;
+        topojson::answer(client, plan, &layer(), &config.exports).await?
     } else {
         let encoder: Box<dyn format::Encoder> = match options.format {
             Format::Json => Box::new(format::Json::new(options.callback.clone())),
@@ -426,7 +455,9 @@ mod tests {
         assert_eq!(Format::parse("SHP").ok(), Some(Format::Shp));
         assert_eq!(Format::Spatialite.extension(), "sqlite");
         assert_eq!(Format::Shp.extension(), "zip");
-        assert!(Format::parse("svg")
+        assert_eq!(Format::parse("SVG").ok(), Some(Format::Svg));
+        assert_eq!(Format::parse("topojson").ok(), Some(Format::TopoJson));
+        assert!(Format::parse("arraybuffer")
             .err()
             .is_some_and(|e| e.message().contains("not supported")));
     }

@@ -1,6 +1,6 @@
-//! `/sql` file formats written by `ogr2ogr` (shp, kml, gpkg, spatialite): each answer is read
-//! back with GDAL's own readers (`ogrinfo`, `ogr2ogr -f CSV`), an independent path from the
-//! server's CSV spool, and compared row by row.
+//! `/sql` file formats: those written by `ogr2ogr` (shp, kml, gpkg, spatialite) and by the
+//! server itself (svg, topojson). Each answer is read back with an independent reader (GDAL's
+//! `ogrinfo` and `ogr2ogr -f CSV`, Python's XML parser) and compared row by row.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -280,17 +280,23 @@ async fn integers_beyond_32_bits_booleans_and_timestamps_keep_their_types() {
 async fn a_query_error_is_the_usual_json_error() {
     let server = TestServer::start().await;
     let user = server.create_user().await;
-    let (status, body) = json_error(
-        export(
-            &server,
-            &user,
-            &[("q", "SELECT * FROM no_such_table"), ("format", "shp")],
+    for format in ["shp", "svg", "topojson"] {
+        let (status, body) = json_error(
+            export(
+                &server,
+                &user,
+                &[("q", "SELECT * FROM no_such_table"), ("format", format)],
+            )
+            .await,
         )
-        .await,
-    )
-    .await;
-    assert_eq!(status, 400);
-    assert_eq!(error_of(&body), "relation \"no_such_table\" does not exist");
+        .await;
+        assert_eq!(status, 400, "{format}");
+        assert_eq!(
+            error_of(&body),
+            "relation \"no_such_table\" does not exist",
+            "{format}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -512,5 +518,249 @@ async fn the_binary_warns_at_startup_when_ogr2ogr_is_missing() {
             "GDAL's ogr2ogr is missing: /sql formats shp, kml, gpkg and spatialite will be refused"
         ),
         "{log}"
+    );
+}
+
+/// Every kind of geometry, a NULL one, and typed attributes; coordinates with more decimals
+/// than `dp=2` keeps.
+const SHAPES: &str = "SELECT * FROM (VALUES \
+     (1, 10, 1.5::float8, 'a \"quoted\" <text> & more'::text, '2020-01-02'::date, \
+      'SRID=4326;POINT(1.2345 2.3456)'::geometry), \
+     (2, 20, -0.25, 'multipoint', '2020-02-03', 'SRID=4326;MULTIPOINT((-3 4),(5.5 -6))'), \
+     (3, 30, 3, 'line', '2020-03-04', 'SRID=4326;LINESTRING(0 0,1.111 1,2 -1)'), \
+     (4, 40, 4, 'hole', '2020-04-05', \
+      'SRID=4326;POLYGON((0 0,10 0,10 10,0 10,0 0),(2 2,2 3,3 3,2 2))'), \
+     (5, 50, 5, 'multipolygon', NULL, \
+      'SRID=4326;MULTIPOLYGON(((20 20,21 20,21 21,20 20)),((30 30,31 30,31 31,30 30)))'), \
+     (6, NULL, NULL, 'no geometry', '2020-06-07', NULL) \
+   ) AS t(id, n, x, label, day, the_geom) ORDER BY id";
+
+/// Prints an SVG file's root `viewBox` and its children as JSON, read by Python's own parser.
+const READ_SVG: &str = "import sys, json, xml.etree.ElementTree as ET\n\
+root = ET.parse(sys.argv[1]).getroot()\n\
+print(json.dumps({'root': root.tag, 'viewBox': root.get('viewBox'), \
+'elements': [dict(e.attrib, tag=e.tag) for e in root]}))";
+
+/// Starts a server and a user, and downloads [`SHAPES`] with `dp=2` as `format` into a
+/// temporary directory, checking the status and headers.
+async fn download_shapes(
+    format: &str,
+    content_type: &str,
+) -> (TestServer, TestUser, tempfile::TempDir, std::path::PathBuf) {
+    let server = TestServer::start().await;
+    let user = server.create_user().await;
+    let dir = tempfile::tempdir().unwrap();
+    let response = export(
+        &server,
+        &user,
+        &[
+            ("q", SHAPES),
+            ("format", format),
+            ("dp", "2"),
+            ("filename", "shapes.csv"),
+        ],
+    )
+    .await;
+    assert_eq!(response.status(), 200, "{format}");
+    assert_eq!(response.headers()["content-type"], content_type);
+    let disposition = response.headers()["content-disposition"].to_str().unwrap();
+    assert!(
+        disposition.starts_with(&format!("attachment; filename=shapes.{format};")),
+        "{disposition}"
+    );
+    let path = dir.path().join(format!("answer.{format}"));
+    save(response, &path).await;
+    (server, user, dir, path)
+}
+
+#[tokio::test]
+async fn svg_draws_each_geometry_as_st_assvg_writes_it_inside_the_extent() {
+    let (server, user, _dir, path) = download_shapes("svg", "image/svg+xml; charset=utf-8").await;
+    let parsed: Value =
+        serde_json::from_str(&run("python3", &["-c", READ_SVG, path.to_str().unwrap()])).unwrap();
+    assert_eq!(parsed["root"], "{http://www.w3.org/2000/svg}svg");
+
+    // Each point (a multipoint's too) is a circle, anything else one path, in row order.
+    let db = server.superuser_client(&user).await;
+    let expected: Vec<String> = db
+        .query(
+            &format!(
+                "SELECT ST_AsSVG(g, 0, 2) FROM ( \
+                   SELECT id, p.path, p.geom AS g FROM ({SHAPES}) q, ST_Dump(q.the_geom) p \
+                   WHERE ST_Dimension(q.the_geom) = 0 \
+                   UNION ALL SELECT id, '{{}}', the_geom FROM ({SHAPES}) q \
+                   WHERE ST_Dimension(the_geom) > 0) e ORDER BY id, path"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let svg_ns = "{http://www.w3.org/2000/svg}";
+    let elements: Vec<String> = parsed["elements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let tag = e["tag"].as_str().unwrap();
+            if tag == format!("{svg_ns}circle") {
+                format!(
+                    "cx=\"{}\" cy=\"{}\"",
+                    e["cx"].as_str().unwrap(),
+                    e["cy"].as_str().unwrap()
+                )
+            } else {
+                assert_eq!(tag, format!("{svg_ns}path"));
+                e["d"].as_str().unwrap().to_string()
+            }
+        })
+        .collect();
+    assert_eq!(elements, expected);
+    assert_eq!(
+        expected.len(),
+        6,
+        "3 circles, a line, a polygon, a multipolygon"
+    );
+
+    let extent = db
+        .query_one(
+            &format!(
+                "SELECT ST_XMin(e), ST_YMin(e), ST_XMax(e), ST_YMax(e) \
+                 FROM (SELECT ST_Extent(the_geom) AS e FROM ({SHAPES}) q) x"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let [xmin, ymin, xmax, ymax]: [f64; 4] = [0, 1, 2, 3].map(|i| extent.get(i));
+    let view_box: Vec<f64> = parsed["viewBox"]
+        .as_str()
+        .unwrap()
+        .split(' ')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(view_box, [xmin, -ymax, xmax - xmin, ymax - ymin]);
+}
+
+#[tokio::test]
+async fn topojson_reads_back_with_gdal_row_by_row() {
+    let (_server, _user, _dir, path) =
+        download_shapes("topojson", "application/json; charset=utf-8").await;
+    let document: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(document["type"], "Topology");
+    assert!(document["objects"]["shapes"].is_object(), "{document}");
+
+    // TopoJSON gives a NULL geometry the type null; GDAL 3.6's reader skips such objects, so
+    // that row is checked in the document itself.
+    let null_geometry = &document["objects"]["shapes"]["geometries"][5];
+    assert_eq!(
+        null_geometry,
+        &serde_json::json!({"type": null, "properties": {
+            "id": 6, "n": null, "x": null, "label": "no geometry", "day": "2020-06-07T00:00:00Z"
+        }})
+    );
+
+    let rows = read_rows(path.to_str().unwrap());
+    let column = |name: &str| -> Vec<&str> {
+        rows.iter()
+            .map(|r| r.get(name).map_or("<missing>", String::as_str))
+            .collect()
+    };
+    assert_eq!(
+        column("WKT"),
+        [
+            "POINT (1.23 2.35)",
+            "MULTIPOINT ((-3 4),(5.5 -6))",
+            "LINESTRING (0 0,1.11 1.0,2 -1)",
+            "POLYGON ((0 0,10 0,10 10,0 10,0 0),(2 2,2 3,3 3,2 2))",
+            "MULTIPOLYGON (((20 20,21 20,21 21,20 20)),((30 30,31 30,31 31,30 30)))",
+        ]
+    );
+    assert_eq!(column("id"), ["1", "2", "3", "4", "5"]);
+    assert_eq!(column("n"), ["10", "20", "30", "40", "50"]);
+    assert_eq!(column("x"), ["1.5", "-0.25", "3", "4", "5"]);
+    assert_eq!(
+        column("label"),
+        [
+            "a \"quoted\" <text> & more",
+            "multipoint",
+            "line",
+            "hole",
+            "multipolygon",
+        ]
+    );
+    // Dates are written as the JSON format writes them, midnight UTC.
+    assert_eq!(
+        column("day"),
+        [
+            "2020/01/02 00:00:00+00",
+            "2020/02/03 00:00:00+00",
+            "2020/03/04 00:00:00+00",
+            "2020/04/05 00:00:00+00",
+            ""
+        ]
+    );
+    assert_eq!(
+        column("the_geom"),
+        ["<missing>"; 5],
+        "the geometry is no property"
+    );
+}
+
+#[tokio::test]
+async fn svg_and_topojson_over_the_size_limit_are_413_and_leave_no_file() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = server_with_exports(temp.path(), |e| e.max_size = 50_000).await;
+    let user = server.create_user().await;
+    let q = "SELECT n, 'POINT(1 2)'::geometry AS the_geom FROM generate_series(1, 100000) AS n";
+    // The statements as the wrappers start them.
+    for (format, wrapped) in [
+        ("svg", "SELECT ST_AsSVG"),
+        ("topojson", "SELECT *, ST_AsGeoJSON"),
+    ] {
+        let (status, body) =
+            json_error(export(&server, &user, &[("q", q), ("format", format)]).await).await;
+        assert_eq!(status, 413, "{format}: {body}");
+        assert!(
+            error_of(&body).contains("larger than this server's limit of 50000 bytes"),
+            "{format}: {body}"
+        );
+        assert!(is_empty(temp.path()), "{format}");
+        assert!(server.backends_gone(&user, wrapped).await, "{format}");
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_from_an_svg_export_stops_its_query() {
+    let temp = tempfile::tempdir().unwrap();
+    let server = server_with_exports(temp.path(), |_| {}).await;
+    let user = server.create_user().await;
+    let url = format!("{}/sql", server.api_url(&user));
+    let key = user.api_key.clone();
+    let q = "SELECT pg_sleep(60) AS slept, 'POINT(1 2)'::geometry AS the_geom";
+    let request = tokio::spawn(async move {
+        let _ = http()
+            .get(url)
+            .query(&[("q", q), ("format", "svg"), ("api_key", &key)])
+            .send()
+            .await;
+    });
+    let mut running = false;
+    for _ in 0..150 {
+        if server.running_statements(&user, "SELECT ST_AsSVG").await > 0 {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(running, "the export never started");
+    request.abort();
+    let _ = request.await;
+    assert!(server.backends_gone(&user, "SELECT ST_AsSVG").await);
+    assert!(
+        eventually(|| is_empty(temp.path())).await,
+        "temporary files left"
     );
 }

@@ -208,10 +208,20 @@ async fn vector_1_and_2_missing_query_and_unknown_format() {
     let (status, body) =
         json_of(get_sql(&server, &user, &[("q", "SELECT 1"), ("format", "XLS")]).await).await;
     assert_eq!((status, error_of(&body)), (400, "Invalid format: xls"));
-    let (status, body) =
-        json_of(get_sql(&server, &user, &[("q", "SELECT 1"), ("format", "svg")]).await).await;
+    let (status, body) = json_of(
+        get_sql(
+            &server,
+            &user,
+            &[("q", "SELECT 1"), ("format", "arraybuffer")],
+        )
+        .await,
+    )
+    .await;
     assert_eq!(status, 400);
-    assert!(error_of(&body).contains("svg is not supported"), "{body}");
+    assert!(
+        error_of(&body).contains("arraybuffer is not supported"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
