@@ -20,7 +20,7 @@ mod keys;
 mod moving;
 pub use keys::{Grant, KeyInfo, NewKey, TABLE_PRIVILEGES};
 pub(crate) use keys::{SCHEMA as KEYS_SCHEMA, SCHEMA_PRESENT as KEYS_SCHEMA_PRESENT};
-pub use moving::MoveReport;
+pub use moving::{MoveReport, HEAL_INTERVAL};
 
 /// Name of the metadata database.
 pub const META_DB: &str = "carto_meta";

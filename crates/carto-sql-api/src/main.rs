@@ -10,7 +10,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use carto_sql_api::accounts::Grant;
+use carto_sql_api::accounts::{Grant, HEAL_INTERVAL};
 use carto_sql_api::embedded::{EmbeddedCluster, EmbeddedOptions};
 use carto_sql_api::http_server::{serve, ConnectionLimits};
 use carto_sql_api::jobs::BatchConfig;
@@ -424,10 +424,30 @@ async fn run_command(
             // restarted in place, and the pools reconnect (with --database-url, they reconnect
             // once the operator has the database back).
             let supervisor = cluster.map(|cluster| cluster.supervise(SUPERVISE_INTERVAL));
+            // A `user move` killed before its switch leaves the user's database read-only:
+            // made writable again here, by whichever server looks first.
+            let healer = tokio::spawn({
+                let server = server.clone();
+                async move {
+                    let mut every = tokio::time::interval(HEAL_INTERVAL);
+                    loop {
+                        every.tick().await;
+                        match server.accounts().heal_dead_moves().await {
+                            Ok(healed) if !healed.is_empty() => tracing::warn!(
+                                users = ?healed,
+                                "made writable again after a move that was killed"
+                            ),
+                            Ok(_) => {}
+                            Err(error) => tracing::debug!(%error, "looking for killed moves"),
+                        }
+                    }
+                }
+            });
             let served = serve(listener, server.router(), limits, shutdown_signal()).await;
             tracing::info!("shutting down");
             // Running batch queries are cancelled and their jobs re-queued for another server.
             server.jobs().shutdown().await;
+            healer.abort();
             if let Some(supervisor) = supervisor {
                 supervisor.abort();
             }

@@ -155,6 +155,56 @@ impl Accounts {
         set_read_only(&source, &user.database, false).await
     }
 
+    /// Makes writable again every database a killed move left read-only: one whose owner's
+    /// move lock no mover holds, still placed on the host where it is read-only by default.
+    /// `serve` runs this every [`HEAL_INTERVAL`], so a killed `user move` heals by itself;
+    /// the names of the users healed.
+    pub async fn heal_dead_moves(&self) -> Result<Vec<String>> {
+        let meta = self.meta.get().await?;
+        let hosts: Vec<Option<String>> = meta
+            .query("SELECT DISTINCT host FROM users", &[])
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let mut healed = Vec::new();
+        for host in hosts {
+            let admin = connect(&self.hosts.admin(host.as_deref()).await?).await?;
+            let read_only: Vec<String> = admin
+                .query(
+                    "SELECT d.datname::text FROM pg_catalog.pg_db_role_setting s \
+                     JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) s.setdatabase \
+                     WHERE s.setrole OPERATOR(pg_catalog.=) 0 \
+                       AND 'default_transaction_read_only=on' OPERATOR(pg_catalog.=) \
+                           ANY (s.setconfig)",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|row| row.get(0))
+                .collect();
+            for database in read_only {
+                // A partial copy on a move's target is not where its user is placed.
+                let Some(row) = meta
+                    .query_opt(
+                        "SELECT username FROM users \
+                         WHERE database = $1 AND host IS NOT DISTINCT FROM $2",
+                        &[&database, &host],
+                    )
+                    .await?
+                else {
+                    continue;
+                };
+                let username: String = row.get(0);
+                // Refused while a mover holds the user's lock: that move is alive.
+                if self.abort_move(&username).await.is_ok() {
+                    healed.push(username);
+                }
+            }
+        }
+        Ok(healed)
+    }
+
     async fn existing(&self, username: &str) -> Result<User> {
         match self.user(username).await? {
             Some(user) => Ok(user),
@@ -175,6 +225,9 @@ impl Accounts {
         Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
     }
 }
+
+/// How often `serve` looks for databases a killed move left read-only.
+pub const HEAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Advisory lock class of a move; the second key is the user's id.
 const MOVE_LOCK: i32 = 0x6d6f_7665; // "move"
