@@ -6,6 +6,7 @@
 
 mod from;
 mod parts;
+mod records;
 mod to;
 
 use std::path::Path;
