@@ -71,7 +71,7 @@ pub(super) async fn import(
     let (rows, time) = match loaded {
         Ok(done) => done,
         Err(error) => {
-            let _ = sql.send(&drop_staging).await;
+            drop_staging_table(&sql, &drop_staging).await;
             let kept = error
                 .downcast_ref::<carto::Error>()
                 .is_some_and(|e| in_parts && carto::copy::is_resumable(e));
@@ -98,6 +98,18 @@ pub(super) async fn import(
         false,
     );
     Ok(())
+}
+
+/// Drops the staging table after a failed load. Tried a few times: after refusing an upload
+/// the server may close the connection the HTTP client would reuse for this request, and a
+/// table left behind would contradict the "nothing was imported" the user is told.
+async fn drop_staging_table(sql: &carto::SqlClient, drop_staging: &str) {
+    for attempt in 0..3 {
+        if sql.send(drop_staging).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200 * (attempt + 1))).await;
+    }
 }
 
 /// COPY of the source into the staging table, then the finishing transaction (which a load
