@@ -36,6 +36,34 @@ struct Plan {
     appends: bool,
 }
 
+impl Plan {
+    /// The statements that load `file` into `staging` (made with the column `definitions`)
+    /// and then run `finish`, in one COPY or, for a big file, in parts published in the
+    /// transaction that runs `finish`.
+    fn new(
+        table: &str,
+        staging: String,
+        definitions: &[String],
+        file: &FileColumns,
+        finish: String,
+        appends: bool,
+    ) -> Plan {
+        let parts = carto::Parts::new(ident(&staging))
+            .columns(file.names.iter().map(|n| ident(n)))
+            .csv(true, Some(file.delimiter as char))
+            .then(finish.clone());
+        Plan {
+            table: table.into(),
+            prepare: prepare_statement(&staging, definitions),
+            copy: copy_statement(&staging, file),
+            parts,
+            finish,
+            staging,
+            appends,
+        }
+    }
+}
+
 /// What the file holds: its columns as the header names them and as SQL will, their inferred
 /// types, and the SQL types they get (`--type` overrides the inferred ones).
 struct FileColumns {
@@ -432,15 +460,6 @@ fn copy_statement(staging: &str, file: &FileColumns) -> String {
     )
 }
 
-/// The same COPY as [`copy_statement`], cut into parts, with `finish` run in the
-/// transaction that publishes them into the staging table.
-fn parts_plan(staging: &str, file: &FileColumns, finish: &str) -> carto::Parts {
-    carto::Parts::new(ident(staging))
-        .columns(file.names.iter().map(|n| ident(n)))
-        .csv(true, Some(file.delimiter as char))
-        .then(finish)
-}
-
 /// A new table (replacing the old one in the same transaction with `replace`).
 fn plan_create(table: &str, file: &FileColumns, replace: bool) -> Plan {
     let staging = staging_name(table);
@@ -488,16 +507,7 @@ fn plan_create(table: &str, file: &FileColumns, replace: bool) -> Plan {
         "SELECT CDB_CartodbfyTable(current_schema, {})",
         literal(table)
     ));
-    let finish = finish.join("; ");
-    Plan {
-        table: table.into(),
-        prepare: prepare_statement(&staging, &definitions),
-        copy: copy_statement(&staging, file),
-        parts: parts_plan(&staging, file, &finish),
-        finish,
-        staging,
-        appends: false,
-    }
+    Plan::new(table, staging, &definitions, file, finish.join("; "), false)
 }
 
 /// Rows added to an existing table: staged with the table's own column types, so that what
@@ -559,15 +569,7 @@ fn plan_append(
         ident(&staging),
         ident(&staging)
     );
-    Ok(Plan {
-        table: table.into(),
-        prepare: prepare_statement(&staging, &definitions),
-        copy: copy_statement(&staging, file),
-        parts: parts_plan(&staging, file, &finish),
-        finish,
-        staging,
-        appends: true,
-    })
+    Ok(Plan::new(table, staging, &definitions, file, finish, true))
 }
 
 #[cfg(test)]
