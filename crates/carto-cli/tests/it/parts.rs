@@ -182,13 +182,19 @@ async fn wait_for(server: &TestServer, user: &TestUser, sql: &str, expected: i64
     panic!("{sql} never reached {expected}");
 }
 
-/// Runs `load` (a load in parts, with [`STALL_PART_3`] installed), kills it once parts 1
-/// and 2 are loaded and part 3 stalls, then lets part 3's stalled statement go (cancelled).
+/// Installs [`STALL_PART_3`], runs `load` (a load in parts), kills it once parts 1 and 2 are
+/// loaded and part 3 stalls, then lets part 3's stalled statement go (cancelled).
 async fn kill_while_part_3_stalls(
     server: &TestServer,
     user: &TestUser,
     mut load: std::process::Command,
 ) {
+    server
+        .superuser_client(user)
+        .await
+        .batch_execute(STALL_PART_3)
+        .await
+        .unwrap();
     let mut load = load.stderr(std::process::Stdio::null()).spawn().unwrap();
     let marked = "SELECT count(*) FROM pg_class c WHERE c.relname LIKE 'carto\\_part\\_%' \
                   AND obj_description(c.oid, 'pg_class') IS NOT NULL";
@@ -205,15 +211,23 @@ async fn kill_while_part_3_stalls(
     wait_for(server, user, cancel, 0).await;
 }
 
+/// Each part's staging table was created exactly once, in order (the log [`STALL_PART_3`]
+/// keeps; other tables made with CREATE TABLE AS, e.g. by cartodbfying, are not parts).
+async fn assert_each_part_created_once(server: &TestServer, user: &TestUser) {
+    let created = one(
+        server,
+        user,
+        "SELECT string_agg(name, ',') FROM part_log WHERE name ~ '^[0-9]+$'",
+    )
+    .await;
+    let parts = created.split(',').count();
+    let all: Vec<String> = (1..=parts).map(|n| n.to_string()).collect();
+    assert_eq!(created, all.join(","));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_load_resumes_with_the_missing_parts_only() {
     let (server, user) = setup().await;
-    server
-        .superuser_client(&user)
-        .await
-        .batch_execute(STALL_PART_3)
-        .await
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("t.csv");
     std::fs::write(&file, tricky_csv(5000)).unwrap();
@@ -236,10 +250,7 @@ async fn a_killed_load_resumes_with_the_missing_parts_only() {
                 .unwrap(),
         );
     // Server-side: each part's table was created once, parts 1 and 2 by the killed load.
-    let created = one(&server, &user, "SELECT string_agg(name, ',') FROM part_log").await;
-    let parts = created.split(',').count();
-    let all: Vec<String> = (1..=parts).map(|n| n.to_string()).collect();
-    assert_eq!(created, all.join(","));
+    assert_each_part_created_once(&server, &user).await;
     assert_eq!(
         checksum(&server, &user, "t").await.split(' ').next(),
         Some("5000")
@@ -375,12 +386,6 @@ async fn a_bad_row_in_a_later_part_of_an_import_leaves_no_table() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_import_in_parts_resumes_with_the_missing_parts_only() {
     let (server, user) = setup().await;
-    server
-        .superuser_client(&user)
-        .await
-        .batch_execute(STALL_PART_3)
-        .await
-        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("places.csv");
     std::fs::write(&file, places_csv(3000)).unwrap();
@@ -398,15 +403,7 @@ async fn a_killed_import_in_parts_resumes_with_the_missing_parts_only() {
         .stderr(predicate::str::is_match("2 of [4-9] parts already loaded\n").unwrap())
         .stderr(predicate::str::contains("imported 3000 rows"));
     // Each part's table was created once, parts 1 and 2 by the killed import.
-    let created = one(
-        &server,
-        &user,
-        "SELECT string_agg(name, ',') FROM part_log WHERE name ~ '^[0-9]+$'",
-    )
-    .await;
-    let parts = created.split(',').count();
-    let all: Vec<String> = (1..=parts).map(|n| n.to_string()).collect();
-    assert_eq!(created, all.join(","));
+    assert_each_part_created_once(&server, &user).await;
     let count = one(&server, &user, "SELECT count(*)::text FROM places").await;
     assert_eq!(count, "3000");
     assert_eq!(import_tables(&server, &user).await, "places");
